@@ -1,0 +1,3 @@
+module example.com/sample-operator
+
+go 1.19

@@ -1,0 +1,109 @@
+"""Bad input: one clear line on stderr, exit code 2, no traceback, no trace file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import ROOT, TRACER, run_tracer, sample
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tracer: error: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def no_trace_files(folder) -> bool:
+    return not list(folder.glob("trace-*"))
+
+
+def free_pid() -> int:
+    pid = 4_000_000
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+def test_no_such_pid(tmp_path):
+    result = run_tracer("attach", str(free_pid()), cwd=tmp_path)
+    assert_one_line_error(result, "no process with PID")
+    assert no_trace_files(tmp_path)
+
+
+def test_pid_not_a_number(tmp_path):
+    assert_one_line_error(run_tracer("attach", "my-operator", cwd=tmp_path), "my-operator")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_no_permission_to_trace(operator, tmp_path):
+    op = operator("go1.19/sample-operator", "-linger")
+    # The test's own folder is root's alone; nobody runs from /tmp and is refused first.
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TRACER, "attach",
+         str(op.pid)],
+        cwd="/tmp", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"},
+    )
+    assert_one_line_error(result, "no permission to trace")
+
+
+def test_function_matches_nothing_shows_nearest(operator, tmp_path):
+    op = operator("go1.19/sample-operator-stripped", "-linger")
+    result = run_tracer("attach", str(op.pid), "--symbol", "Reconcle$", cwd=tmp_path)
+    line = assert_one_line_error(result, "no function matches", "nearest:")
+    assert "(*SampleReconciler).Reconcile" in line
+    assert no_trace_files(tmp_path)
+
+
+def test_bad_regex(operator, tmp_path):
+    op = operator("go1.19/sample-operator", "-linger")
+    result = run_tracer("attach", str(op.pid), "--symbol", "Reconcile(", cwd=tmp_path)
+    assert_one_line_error(result, "Reconcile(")
+    assert no_trace_files(tmp_path)
+
+
+def test_gdb_missing(operator, tmp_path):
+    op = operator("go1.19/sample-operator", "-linger")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = {**os.environ, "PATH": str(bin_dir)}
+    assert shutil.which("gdb", path=str(bin_dir)) is None
+    result = run_tracer("attach", str(op.pid), cwd=tmp_path, env=env)
+    assert_one_line_error(result, "gdb is not installed")
+    assert no_trace_files(tmp_path)
+
+
+def test_stripped_native_binary(tmp_path):
+    binary = sample("c/c-operator-stripped")
+    result = run_tracer("run", "--symbol", "reconcile", "--", str(binary), cwd=tmp_path)
+    assert_one_line_error(result, "stripped", "not a Go binary")
+    assert no_trace_files(tmp_path)
+
+
+def test_native_binary_needs_a_symbol(tmp_path):
+    result = run_tracer("run", "--", str(sample("c/c-operator")), cwd=tmp_path)
+    assert_one_line_error(result, "--symbol")
+    assert no_trace_files(tmp_path)
+
+
+def test_not_an_executable(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    result = run_tracer("symbols", str(text), cwd=tmp_path)
+    assert_one_line_error(result)
+
+
+def test_output_folder_missing(operator, tmp_path):
+    op = operator("go1.19/sample-operator", "-linger")
+    result = run_tracer("attach", str(op.pid), "-o", str(tmp_path / "no" / "t.jsonl"),
+                        cwd=tmp_path)
+    assert_one_line_error(result, "does not exist")
+    assert not (tmp_path / "no").exists()

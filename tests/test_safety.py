@@ -1,0 +1,98 @@
+"""Every way out of a run leaves the operator running untraced, with its code as in the file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import alive, read_lines, tracer_pid, wait_for_header, wait_until
+
+from tracer.binary.analyze import analyze
+from tracer.probes.compile import compile_plan
+from tracer.targets.process import altered_code
+
+BUILD = "go1.27/sample-operator-stripped"
+# Unlimited calls at a steady pace, so the rate before and after tracing can be compared.
+KNOBS = ["-workers", "4", "-calls", "0", "-rate", "400", "-work-us", "200",
+         "-error-every", "9", "-requeue-every", "13", "-panic-every", "101"]
+
+
+def calls_per_second(op, seconds: float = 1.0) -> float:
+    before = len(op.truth.read_text().splitlines())
+    time.sleep(seconds)
+    return (len(op.truth.read_text().splitlines()) - before) / seconds
+
+
+def assert_untouched(op) -> None:
+    assert alive(op.pid), "the operator died"
+    wait_until(lambda: tracer_pid(op.pid) == 0, 15, "TracerPid to be 0")
+    plan = compile_plan(analyze(str(op.binary)))
+    # Every breakpoint address, read through /proc/PID/mem, holds the file's byte again.
+    assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0) == []
+    assert op.stray_signals() == [], "the tracer delivered a signal to the operator"
+
+
+def baseline(op) -> float:
+    op.start_work()
+    time.sleep(0.5)
+    return calls_per_second(op)
+
+
+@pytest.mark.parametrize("way", ["SIGINT", "SIGTERM", "duration"])
+def test_clean_ways_out(way, operator, tracer_cmd, tmp_path):
+    op = operator(BUILD, *KNOBS)
+    untraced = baseline(op)
+    trace = tmp_path / "trace.jsonl"
+    extra = ["--duration", "2"] if way == "duration" else []
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "--quiet", *extra)
+    wait_for_header(trace, run)
+    time.sleep(1.5)
+    if way != "duration":
+        run.proc.send_signal(getattr(signal, way))
+    assert run.wait(60) == 0, run.stderr()
+
+    records = read_lines(trace)
+    end = records[-1]
+    assert end["type"] == "end" and end["reason"] == way
+    assert end["code_restored"] is True
+    assert sum(1 for r in records if r["type"] == "span") > 100, (end, untraced)
+    assert_untouched(op)
+    after = calls_per_second(op)
+    assert after >= 0.7 * untraced, f"{after:.0f} calls/s after tracing, {untraced:.0f} before"
+
+
+def test_sigkill_of_the_tracer(operator, tracer_cmd, tmp_path):
+    op = operator(BUILD, *KNOBS)
+    untraced = baseline(op)
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "--quiet")
+    wait_for_header(trace, run)
+    time.sleep(1)
+    gdb_pid = tracer_pid(op.pid)
+    assert gdb_pid not in (0, run.proc.pid), "gdb, not the tracer, holds the operator"
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.wait(10)
+    # gdb reads EOF on its input, detaches and exits on its own.
+    wait_until(lambda: not alive(gdb_pid), 20, "gdb to exit after its controller died")
+    assert_untouched(op)
+    # What was recorded up to the kill is whole lines.
+    records = read_lines(trace)
+    assert records[0]["type"] == "header"
+    assert calls_per_second(op) >= 0.7 * untraced
+
+
+def test_operator_exit_ends_the_run(operator, tracer_cmd, tmp_path):
+    op = operator(BUILD, "-workers", "2", "-calls", "300", "-rate", "300")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "--quiet")
+    wait_for_header(trace, run)
+    op.start_work()
+    assert op.proc.wait(30) == 0
+    assert run.wait(30) == 0, run.stderr()
+    records = read_lines(trace)
+    end = records[-1]
+    assert end["type"] == "end" and end["reason"] == "target-exited"
+    assert end["target_status"] == "exit code 0"
+    assert sum(1 for r in records if r["type"] == "span") == op.done()["calls"]

@@ -1,0 +1,85 @@
+"""Every reconcile of a real Go operator, traced by real gdb, against the operator's own record."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from conftest import GO_BUILDS, read_lines, tracer_pid, wait_for_header, wait_until
+
+KNOBS = [
+    "-workers", "4", "-calls", "2000", "-objects", "40",
+    "-error-every", "9", "-requeue-every", "13", "-requeue-after-every", "17",
+    "-recurse-every", "23", "-panic-every", "101", "-linger",
+]
+
+
+def match_spans(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
+    """Each true call to the one span on its goroutine that contains it; fails on none or two."""
+    by_goroutine: dict[int, list[dict]] = {}
+    for span in spans:
+        by_goroutine.setdefault(span["goroutine"], []).append(span)
+    matched: dict[int, dict] = {}
+    used: set[int] = set()
+    for call in truth:
+        candidates = [
+            s for s in by_goroutine.get(call["goroutine"], [])
+            if s["end_ns"] is not None
+            and s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]
+        ]
+        assert len(candidates) == 1, f"call {call} has {len(candidates)} spans"
+        span = candidates[0]
+        assert span["id"] not in used, f"span {span} holds two calls"
+        used.add(span["id"])
+        matched[call["seq"]] = span
+    return matched
+
+
+def check_fields(call: dict, span: dict) -> None:
+    assert span["request"] == {"namespace": call["namespace"], "name": call["name"]}
+    if call["panic"] is not None:
+        assert span["status"] == "panic"
+        assert span["panic"]["message"] == call["panic"]
+        return
+    assert span["result"] == {"requeue": call["requeue"],
+                              "requeue_after_ns": call["requeue_after_ns"]}
+    assert span["error"] == call["error"]
+    assert span["status"] == ("error" if call["error"] else "ok")
+
+
+@pytest.mark.parametrize("build", GO_BUILDS)
+def test_every_call_once_with_its_fields(build, operator, tracer_cmd, tmp_path):
+    op = operator(build, *KNOBS)
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet")
+    header = wait_for_header(trace, run)
+    assert header["binary"]["language"] == "go"
+    assert header["probe"] == "controller-runtime"
+    assert header["functions"] == [
+        "example.com/sample-operator/controllers.(*SampleReconciler).Reconcile"]
+
+    op.start_work()
+    done = wait_until(op.done, 120, "the operator to finish its calls")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+
+    records = read_lines(trace)
+    spans = [r for r in records if r["type"] == "span"]
+    end = records[-1]
+    assert end["type"] == "end" and end["reason"] == "SIGINT"
+    assert end["code_restored"] is True
+    truth = op.calls()
+    assert len(truth) == done["calls"] >= 2000
+    # What the knobs asked for really happened, so the comparison below covers it.
+    assert any(c["panic"] for c in truth) and any(c["error"] for c in truth)
+    assert {c["error"]["type"] for c in truth if c["error"]} == {
+        "*errors.errorString", "*fmt.wrapError", "*controllers.RetryableError"}
+    assert any(c["requeue"] for c in truth) and any(c["requeue_after_ns"] for c in truth)
+
+    assert len(spans) == len(truth), "every call exactly once, nothing more"
+    matched = match_spans(truth, spans)
+    for call in truth:
+        check_fields(call, matched[call["seq"]])
+
+    assert tracer_pid(op.pid) == 0
+    assert op.stray_signals() == [], "the tracer delivered a signal to the operator"

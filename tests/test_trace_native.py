@@ -1,0 +1,60 @@
+"""Native code: the C sample's `reconcile`, called from 2 threads, keyed by thread."""
+
+from __future__ import annotations
+
+import signal
+
+from conftest import read_lines, sample, tracer_pid, wait_for_header, wait_until
+
+
+def check_against_truth(truth: list[dict], spans: list[dict]) -> None:
+    assert len(spans) == len(truth), "every call exactly once"
+    by_thread: dict[int, list[dict]] = {}
+    for span in spans:
+        by_thread.setdefault(span["thread"], []).append(span)
+    used = set()
+    for call in truth:
+        found = [s for s in by_thread.get(call["thread"], [])
+                 if s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]]
+        assert len(found) == 1, f"{call}: {len(found)} spans"
+        span = found[0]
+        assert span["id"] not in used
+        used.add(span["id"])
+        assert span["args"][0] == call["arg"]
+        assert span["return"] == call["ret"]
+        assert span["status"] == "ok"
+
+
+def test_attach_two_threads(operator, tracer_cmd, tmp_path):
+    op = operator("c/c-operator", "-threads", "2", "-calls", "2000", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--symbol", "^reconcile$", "-o", str(trace), "-q")
+    header = wait_for_header(trace, run)
+    assert header["binary"]["language"] == "native" and header["binary"]["pie"] is True
+    op.start_work()
+    wait_until(op.done, 60, "the C operator to finish")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    spans = [r for r in records if r["type"] == "span"]
+    truth = op.calls()
+    assert len({c["thread"] for c in truth}) == 2
+    check_against_truth(truth, spans)
+    assert records[-1]["code_restored"] is True
+    assert tracer_pid(op.pid) == 0
+
+
+def test_run_from_first_call(tmp_path):
+    """`tracer run` starts the program under the tracer: no call escapes, not even the first."""
+    from conftest import run_tracer
+
+    truth_file = tmp_path / "truth.jsonl"
+    trace = tmp_path / "trace.jsonl"
+    result = run_tracer("run", "--symbol", "^reconcile$", "-o", str(trace), "-q", "--",
+                        str(sample("c/c-operator")), "-threads", "2", "-calls", "500",
+                        "-ground-truth", str(truth_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = read_lines(trace)
+    assert records[-1]["reason"] == "target-exited"
+    truth = [r for r in read_lines(truth_file) if not r.get("done")]
+    check_against_truth(truth, [r for r in records if r["type"] == "span"])

@@ -1,0 +1,228 @@
+"""The gdb backend: MI for control (attach, arm, health, detach), the agent for every hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.backends.gdb.mi import MIConnection, MIError
+from tracer.errors import UserError
+from tracer.probes.plan import Plan
+
+AGENT = Path(__file__).with_name("agent.py")
+
+# Settings applied before anything is attached. Signals pass through silently so the operator
+# sees exactly what it would see untraced (Go's SIGURG preemption among them).
+SETTINGS = [
+    "set confirm off",
+    "set pagination off",
+    "set auto-load off",
+    "set startup-with-shell off",
+    "set print thread-events off",
+    "set print inferior-events off",
+    "set detach-on-fork on",
+    "set follow-fork-mode parent",
+    "handle all nostop noprint pass",
+    "handle SIGINT nostop noprint pass",
+    # gdb stops threads with SIGSTOP (attach, interrupt); one that arrives late must never
+    # reach the operator, or its whole process is put in a job-control stop.
+    "handle SIGSTOP nostop noprint nopass",
+]
+
+EXIT_REASONS = {"exited-normally", "exited", "exited-signalled"}
+
+
+@dataclass
+class DetachReport:
+    hits: int
+    agent_errors: int
+    removed_breakpoints: int
+    attach_pause_ms: float | None = None
+
+
+def find_gdb() -> str:
+    path = shutil.which("gdb")
+    if not path:
+        raise UserError("gdb is not installed: install it (Debian/Ubuntu: apt-get install gdb)")
+    return path
+
+
+def _attach_error(pid: int, message: str) -> UserError:
+    if "Operation not permitted" in message:
+        return UserError(
+            f"no permission to trace process {pid} (ptrace refused): run as root or as its user "
+            "with kernel.yama.ptrace_scope=0, or give the container CAP_SYS_PTRACE"
+        )
+    if "No such process" in message:
+        return UserError(f"process {pid} exited before the tracer could attach")
+    return UserError(f"gdb could not attach to process {pid}: {message}")
+
+
+class GdbBackend:
+    name = "gdb"
+
+    def __init__(self) -> None:
+        self.gdb_path = find_gdb()
+        self.hits_fd, self._hits_w = os.pipe()
+        self.mi: MIConnection | None = None
+        self.pid: int | None = None
+        self.attached = False
+        self.running = False
+        self.exited: dict | None = None
+        self._plan_file: str | None = None
+        self._marker = 0
+
+    # -- start-up ---------------------------------------------------------------------------
+    def start(self, binary: str | None) -> None:
+        self.mi = MIConnection(self.gdb_path, pass_fds=(self._hits_w,))
+        # Only gdb holds the write end now: when gdb dies the reader sees EOF.
+        os.close(self._hits_w)
+        self.mi.send("-gdb-set mi-async on")
+        # Non-stop: a hit stops only its own thread, and an interrupt stops threads with
+        # SIGSTOP, which ptrace always sees. All-stop interrupts by sending SIGINT to the
+        # operator's process group, which a program in sigwait() takes for itself.
+        self.mi.send("-gdb-set non-stop on")
+        for setting in SETTINGS:
+            self.mi.console(setting)
+        if binary:
+            # Symbols are read here, before attaching, so the operator is not stopped for it.
+            self.mi.send("-file-exec-and-symbols " + json.dumps(binary), timeout=300)
+        self.mi.console("source " + str(AGENT))
+
+    def attach(self, pid: int) -> None:
+        assert self.mi is not None
+        try:
+            self.mi.send(f"-target-attach {pid}", timeout=60)
+        except MIError as exc:
+            raise _attach_error(pid, str(exc)) from None
+        self.pid = pid
+        self.attached = True
+        # Non-stop attach reports threads one by one; arming and resuming before the last
+        # has stopped would leave it stopped for good, and a Go runtime stalls behind it.
+        if not self._wait_threads("stopped", 10):
+            raise UserError(f"gdb attached to process {pid} but could not stop all its threads")
+
+    def attach_before_exec(self, pid: int, release) -> None:
+        """Attach to a process parked before exec (tracer run), let it exec, and stop at the
+        new program's first instruction so nothing it does escapes the trace."""
+        self.attach(pid)
+        assert self.mi is not None
+        self.mi.console("catch exec")
+        self.resume()
+        release()
+        stop = self.mi.wait_for(lambda r: r.get("message") == "stopped", timeout=60)
+        if stop is None or (stop.get("payload") or {}).get("reason") != "exec":
+            reason = (stop or {}).get("payload", {}).get("reason", "no stop")
+            raise UserError(f"the command did not start under the tracer ({reason})")
+        self.running = False
+        self.mi.console("delete")
+
+    # -- arming -----------------------------------------------------------------------------
+    def arm(self, plan: Plan, bias: int) -> int:
+        assert self.mi is not None
+        fd, self._plan_file = tempfile.mkstemp(prefix="tracer-plan-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            # gdb inherited the pipe's write end under the same number.
+            json.dump(plan.to_agent(bias, out_fd=self._hits_w), f)
+        result = self.mi.console(f"python tracer_arm({json.dumps(self._plan_file)})")
+        armed = [line for line in result.console if line.startswith("tracer-armed")]
+        if not armed:
+            raise UserError("the gdb agent did not arm: " + " ".join(result.console).strip())
+        return int(armed[0].split()[1])
+
+    def resume(self) -> None:
+        assert self.mi is not None
+        self.mi.send("-exec-continue --all")
+        self.running = True
+
+    def _threads(self) -> list[dict]:
+        assert self.mi is not None
+        return (self.mi.send("-thread-info").payload or {}).get("threads", [])
+
+    def _wait_threads(self, state: str, timeout: float) -> bool:
+        """Wait until gdb reports every thread in `state` ("stopped" or "running")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            threads = self._threads()
+            if threads and all(t.get("state") == state for t in threads):
+                return True
+            if self.exited is not None or self.poll(0.02) == "target-exited":
+                return False
+        return False
+
+    # -- while running ----------------------------------------------------------------------
+    def poll(self, timeout: float) -> str | None:
+        """An end reason when the operator exited or gdb died, else None."""
+        assert self.mi is not None
+        for record in self.mi.poll(timeout):
+            payload = record.get("payload") or {}
+            if record.get("message") == "stopped" and payload.get("reason") in EXIT_REASONS:
+                self.exited = payload
+                self.attached = False
+                self.running = False
+            elif record.get("message") == "thread-group-exited":
+                self.exited = payload
+                self.attached = False
+                self.running = False
+        if self.exited is not None:
+            return "target-exited"
+        if self.mi.closed or self.mi.proc.poll() is not None:
+            return "debugger-died"
+        return None
+
+    def exit_status(self) -> str:
+        if not self.exited:
+            return ""
+        if "signal-name" in self.exited:
+            return f"killed by {self.exited['signal-name']}"
+        return f"exit code {int(self.exited.get('exit-code', '0'), 8)}"
+
+    # -- leaving ----------------------------------------------------------------------------
+    def stop_target(self) -> bool:
+        """Stop every thread so breakpoints can be removed; False if the operator is gone."""
+        assert self.mi is not None
+        if not self.attached or self.mi.closed:
+            return False
+        try:
+            self.mi.send("-exec-interrupt --all", timeout=10)
+            if self._wait_threads("stopped", 10):
+                self.running = False
+                return True
+        except MIError:
+            pass
+        return False
+
+    def write_marker(self) -> int:
+        """Ask the agent to write a marker after every hit so far; returns its number."""
+        assert self.mi is not None
+        self._marker += 1
+        self.mi.console(f"python tracer_marker({self._marker})")
+        return self._marker
+
+    def detach(self) -> int:
+        """Remove every breakpoint and detach; returns how many breakpoints were removed."""
+        assert self.mi is not None
+        removed = 0
+        result = self.mi.console("python tracer_disarm()")
+        for line in result.console:
+            if line.startswith("tracer-disarmed"):
+                removed = int(line.split()[1])
+        self.mi.send("-target-detach", timeout=30)
+        self.attached = False
+        return removed
+
+    def close(self) -> None:
+        if self.mi is not None:
+            self.mi.close()
+        if self._plan_file:
+            try:
+                os.unlink(self._plan_file)
+            except OSError:
+                pass
+            self._plan_file = None
+

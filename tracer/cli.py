@@ -1,0 +1,186 @@
+"""The `tracer` command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+
+import click
+
+from tracer.binary.analyze import analyze, find_functions, nearest_names
+from tracer.binary.model import BinaryError, BinaryInfo
+from tracer.errors import EXIT_USAGE, UserError
+from tracer.front.lines import LineFormatter
+from tracer.probes.compile import compile_plan, is_cr_reconcile
+from tracer.targets.process import inspect_process
+
+
+def _fail(message: str) -> None:
+    click.echo(f"tracer: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _analyze(path: str, shown: str | None = None) -> BinaryInfo:
+    """`shown` names the binary in messages when `path` is /proc/PID/exe."""
+    try:
+        info = analyze(path)
+    except BinaryError as exc:
+        raise UserError(str(exc).replace(path, shown or path)) from None
+    if shown:
+        info.path = shown
+    return info
+
+
+def _default_output(name: str, pid: int | str) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"trace-{name}-{pid}-{stamp}.jsonl"
+
+
+def _check_output(path: str) -> str:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"the folder of --output {path} does not exist: create it first")
+    if os.path.isdir(path):
+        raise UserError(f"--output {path} is a folder: give a file name")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {parent}: choose another --output")
+    return path
+
+
+def _trace(target, info, plan, output: str, duration: float | None, quiet: bool) -> None:
+    from tracer.session.session import Session
+
+    formatter = LineFormatter()
+
+    def on_span(span: dict) -> None:
+        if not quiet:
+            click.echo(formatter.format(span))
+
+    def on_status(message: str) -> None:
+        click.echo(message, err=True)
+
+    session = Session(target, info, plan, output, duration, on_span, on_status)
+    outcome = session.run()
+    status = f", operator {outcome.target_status}" if outcome.target_status else ""
+    click.echo(
+        f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
+        f"{outcome.unfinished} unfinished, written to {outcome.output}",
+        err=True,
+    )
+
+
+OUTPUT = click.option("--output", "-o", metavar="FILE",
+                      help="Trace file (JSON Lines). Default: trace-NAME-PID-TIME.jsonl here.")
+DURATION = click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
+                        metavar="SECONDS", help="Detach after this many seconds.")
+SYMBOL = click.option("--symbol", "-s", metavar="REGEX",
+                      help="Trace the functions whose names match REGEX instead of the "
+                           "controller-runtime Reconcile (required for non-Go binaries).")
+NO_ARGS = click.option("--no-args", is_flag=True,
+                       help="Record no argument or error values, only times and types.")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="Print no line per call.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tracer")
+def cli() -> None:
+    """Trace the reconcile calls of a Kubernetes operator from outside, with no change to it."""
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@OUTPUT
+@DURATION
+@SYMBOL
+@NO_ARGS
+@QUIET
+def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
+           no_args: bool, quiet: bool) -> None:
+    """Attach to a running process and record every reconcile call until Ctrl-C."""
+    from tracer.backends.gdb.backend import find_gdb
+    from tracer.session.session import Target
+
+    find_gdb()
+    proc = inspect_process(pid)
+    info = _analyze(proc.exe, shown=proc.exe_target)
+    plan = compile_plan(info, symbol, capture_args=not no_args)
+    # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
+    info.path = plan.binary = proc.exe
+    out = _check_output(output or _default_output(proc.name, pid))
+    _trace(Target(pid=pid, name=proc.name, exe=proc.exe_target), info, plan, out, duration, quiet)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@OUTPUT
+@DURATION
+@SYMBOL
+@NO_ARGS
+@QUIET
+def run(command: tuple[str, ...], output: str | None, duration: float | None,
+        symbol: str | None, no_args: bool, quiet: bool) -> None:
+    """Start COMMAND under the tracer (use `--` before it) and record from its first call.
+
+    The program ends with the run (Ctrl-C, --duration), like a shell's foreground job."""
+    from tracer.backends.gdb.backend import find_gdb
+    from tracer.session.session import Target
+
+    find_gdb()
+    program = shutil.which(command[0])
+    if program is None:
+        raise UserError(f"command not found: {command[0]}")
+    info = _analyze(os.path.realpath(program))
+    plan = compile_plan(info, symbol, capture_args=not no_args)
+    name = os.path.basename(program)
+    out = _check_output(output or _default_output(name, "run"))
+    _trace(Target(argv=[program, *command[1:]], name=name), info, plan, out, duration, quiet)
+
+
+@cli.command()
+@click.argument("target")
+@click.argument("regex", required=False)
+def symbols(target: str, regex: str | None) -> None:
+    """List the functions of a process (PID) or binary that could be traced.
+
+    Marks with * the controller-runtime Reconcile methods traced by default."""
+    if target.isdigit():
+        proc = inspect_process(int(target))
+        info = _analyze(proc.exe, shown=proc.exe_target)
+    elif os.path.exists(target):
+        info = _analyze(target)
+    else:
+        raise UserError(f"{target} is neither a running PID nor a file")
+    functions = find_functions(info, regex) if regex else info.functions
+    if regex and not functions:
+        near = ", ".join(nearest_names(info, regex)) or "none"
+        raise UserError(f"no function matches {regex!r} in {info.path}; nearest: {near}")
+    facts = [info.language]
+    if info.go_version:
+        facts.append(info.go_version)
+    facts.append("stripped" if not info.has_symtab else "symbols")
+    facts.append("DWARF" if info.has_dwarf else "no DWARF")
+    click.echo(f"# {info.path}: {', '.join(facts)}; {len(functions)} function(s)")
+    for fn in functions:
+        mark = "*" if info.language == "go" and is_cr_reconcile(fn.name) else " "
+        click.echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {fn.name}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except (UserError, BinaryError) as exc:
+        _fail(str(exc))
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.ClickException as exc:
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see `{ctx.command_path} --help`)"
+        _fail(exc.format_message() + hint)
+    except BrokenPipeError:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,57 @@
+"""One readable line per finished call, for a terminal or a log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def _duration(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f} µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.2f} ms"
+    return f"{ns / 1_000_000_000:.2f} s"
+
+
+def outcome(span: dict) -> str:
+    if span.get("status") == "unfinished":
+        return "unfinished"
+    panic = span.get("panic")
+    if panic:
+        return f"panic: {panic.get('message') or panic.get('type')}"
+    error = span.get("error")
+    if error:
+        message = error.get("message")
+        return f"error {error['type']}" + (f": {message}" if message else "")
+    result = span.get("result")
+    if result:
+        if result.get("requeue_after_ns"):
+            return f"requeue after {_duration(result['requeue_after_ns'])}"
+        if result.get("requeue"):
+            return "requeue"
+    if "return" in span and span["return"] is not None:
+        return f"returned {span['return']}"
+    return "ok"
+
+
+class LineFormatter:
+    """Wall-clock times from the header's clock pair, so lines match the operator's logs."""
+
+    def __init__(self, clock: dict | None = None) -> None:
+        self.offset = 0 if clock is None else clock["realtime_ns"] - clock["monotonic_ns"]
+
+    def format(self, span: dict) -> str:
+        wall = dt.datetime.fromtimestamp((span["start_ns"] + self.offset) / 1e9)
+        request = span.get("request")
+        if request:
+            what = f"{request['namespace']}/{request['name']}"
+        elif span.get("args") is not None:
+            what = "args " + ",".join(str(a) for a in span["args"])
+        else:
+            what = span["function"].rsplit("/", 1)[-1]
+        worker = (f"g{span['goroutine']}" if span.get("goroutine") is not None
+                  else f"t{span.get('thread')}")
+        return (f"{wall:%H:%M:%S.%f}  {what:<28} {_duration(span.get('duration_ns')):>10}  "
+                f"{worker:<6} {outcome(span)}")

@@ -1,0 +1,56 @@
+"""A plan: probes compiled against one binary, the input every backend takes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Roles of a point. entry/exit bracket a call; panic and recovery let a Go call that panicked
+# be closed when the runtime has recovered it (no RET ever runs for it).
+ENTRY = "entry"
+EXIT = "exit"
+PANIC = "panic"
+RECOVERY = "recovery"
+
+# How a hit is keyed: Go calls by goroutine id (never by OS thread: goroutines migrate),
+# native calls by OS thread.
+KEY_GOID = "goid"
+KEY_GOID_FROM_ARG = "goid-rax"
+KEY_THREAD = "thread"
+
+
+@dataclass(frozen=True)
+class Point:
+    addr: int  # static address in the file; the backend adds the load bias
+    function: str
+    role: str
+    key: str
+    decode: str | None  # decoder name understood by the backends (see the gdb agent)
+
+
+@dataclass
+class Plan:
+    binary: str
+    language: str
+    probe: str
+    functions: list[str]
+    points: list[Point]
+    pie: bool = False
+    go_goid_offset: int | None = None
+    go_types_base: int | None = None
+    capture_args: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_agent(self, bias: int, out_fd: int) -> dict:
+        return {
+            "out_fd": out_fd,
+            "bias": bias,
+            "capture_args": self.capture_args,
+            "go": {
+                "goid_offset": self.go_goid_offset,
+                "types_base": None if self.go_types_base is None else self.go_types_base + bias,
+            },
+            "points": [asdict(p) for p in self.points],
+        }
+
+    def breakpoint_addresses(self, bias: int) -> list[int]:
+        return sorted({p.addr + bias for p in self.points})

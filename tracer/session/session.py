@@ -1,0 +1,267 @@
+"""One tracing run: attach, arm, pair hits into spans, record, and leave on every way out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import tracer
+from tracer.backends.gdb.backend import GdbBackend
+from tracer.binary.model import BinaryInfo
+from tracer.errors import UserError
+from tracer.probes.plan import Plan
+from tracer.session.pairing import Hit, Pairer
+from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
+from tracer.targets.process import altered_code, load_bias
+
+
+@dataclass
+class Target:
+    """A process to trace: one already running (pid) or a command to start (argv)."""
+
+    pid: int | None = None
+    argv: list[str] | None = None
+    name: str = ""
+    exe: str | None = None  # the executable's own path, for the header
+
+
+@dataclass
+class Outcome:
+    reason: str
+    spans: int
+    unfinished: int
+    output: str
+    target_status: str = ""
+
+
+class Session:
+    def __init__(
+        self,
+        target: Target,
+        info: BinaryInfo,
+        plan: Plan,
+        output: str,
+        duration: float | None = None,
+        on_span: Callable[[dict], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.info = info
+        self.plan = plan
+        self.output = output
+        self.duration = duration
+        self.on_span = on_span
+        self.on_status = on_status or (lambda message: None)
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._marker_seen = threading.Condition()
+        self._markers: set[int] = set()
+        self.agent_errors: list[str] = []
+        self.child: subprocess.Popen | None = None
+
+    # -- signals ---------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    def _install_signals(self) -> dict:
+        previous = {}
+
+        def handler(signum, _frame):
+            self.request_stop(signal.Signals(signum).name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    # -- hits --------------------------------------------------------------------------------
+    def _emit(self, span: dict) -> None:
+        self.writer.write(span)
+        if self.on_span:
+            self.on_span(span)
+
+    def _read_hits(self, fd: int, pairer: Pairer) -> None:
+        points = self.plan.points
+        with os.fdopen(fd, "rb") as pipe:
+            for raw in pipe:
+                record = json.loads(raw)
+                if isinstance(record, list):
+                    ts, index, lwp, goid, sp, value = record
+                    pairer.feed(Hit(ts, points[index], index, lwp, goid, sp, value))
+                elif "marker" in record:
+                    with self._marker_seen:
+                        self._markers.add(record["marker"])
+                        self._marker_seen.notify_all()
+                elif "agent_error" in record:
+                    self.agent_errors.append(record["agent_error"])
+
+    def _wait_marker(self, marker: int, timeout: float) -> bool:
+        with self._marker_seen:
+            return self._marker_seen.wait_for(lambda: marker in self._markers, timeout)
+
+    # -- the run -----------------------------------------------------------------------------
+    def _header(self, pid: int, attach_pause_ms: float | None, armed: int) -> dict:
+        info = self.info
+        return {
+            "type": "header",
+            "schema": SCHEMA_VERSION,
+            "tracer_version": tracer.__version__,
+            "clock": clock_pair(),
+            "target": {"pid": pid, "name": self.target.name, "argv": self.target.argv},
+            "binary": {
+                "path": self.target.exe or info.path,
+                "build_id": info.build_id,
+                "language": info.language,
+                "go_version": info.go_version,
+                "stripped": not info.has_symtab,
+                "dwarf": info.has_dwarf,
+                "pie": info.pie,
+            },
+            "backend": "gdb",
+            "probe": self.plan.probe,
+            "functions": self.plan.functions,
+            "breakpoints": armed,
+            "capture_args": self.plan.capture_args,
+            "attach_pause_ms": attach_pause_ms,
+            "notes": self.plan.notes,
+        }
+
+    def _spawn_parked(self) -> tuple[subprocess.Popen, Callable[[], None]]:
+        """Start the command parked before its exec, so the tracer is in place for its first
+        instruction. The shell only waits for one byte, then becomes the program."""
+        assert self.target.argv
+        gate_r, gate_w = os.pipe()
+        child = subprocess.Popen(
+            ["/bin/sh", "-c", 'read -r _ <&3; exec 3<&-; exec "$@"', "tracer-run",
+             *self.target.argv],
+            pass_fds=(gate_r,),
+            start_new_session=True,
+        )
+        os.close(gate_r)
+
+        def release() -> None:
+            os.write(gate_w, b"go\n")
+            os.close(gate_w)
+
+        return child, release
+
+    def run(self) -> Outcome:
+        backend = GdbBackend()
+        previous = self._install_signals()
+        self.writer: TraceWriter | None = None
+        reader: threading.Thread | None = None
+        pairer = Pairer(self.plan, self._emit)
+        reason = "error"
+        removed = 0
+        altered: list[int] | None = None
+        pid = self.target.pid
+        try:
+            if self.target.argv:
+                backend.start(None)
+                self.child, release = self._spawn_parked()
+                pid = self.child.pid
+                backend.attach_before_exec(pid, release)
+                t0 = time.monotonic()
+            else:
+                assert pid is not None
+                backend.start(self.info.path)
+                t0 = time.monotonic()
+                backend.attach(pid)
+            bias = load_bias(pid, self.info.path, self.info.pie)
+            armed = backend.arm(self.plan, bias)
+            # The file is created only once the operator is traced: bad input leaves none.
+            self.writer = TraceWriter(self.output)
+            reader = threading.Thread(target=self._read_hits, args=(backend.hits_fd, pairer),
+                                      name="tracer-hits", daemon=True)
+            reader.start()
+            backend.resume()
+            pause_ms = (time.monotonic() - t0) * 1000
+            self.writer.write(self._header(pid, round(pause_ms, 3), armed))
+            self.on_status(
+                f"tracing {len(self.plan.functions)} function(s) in PID {pid} "
+                f"({armed} breakpoints, operator stopped {pause_ms:.1f} ms to attach); "
+                f"writing {self.output}; Ctrl-C to detach"
+            )
+            deadline = None if self.duration is None else time.monotonic() + self.duration
+            while True:
+                end = backend.poll(0.2)
+                if end:
+                    reason = end
+                    break
+                if self._stop.is_set():
+                    reason = self._stop_reason
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    reason = "duration"
+                    break
+            if backend.stop_target():
+                marker = backend.write_marker()
+                if not self._wait_marker(marker, 10):
+                    self.on_status("warning: the agent's last hits did not arrive in 10 s")
+                removed = backend.detach()
+                altered = altered_code(pid, self.info.path, self.plan.breakpoint_addresses(0),
+                                       bias)
+            elif reason not in ("target-exited",) and backend.exited:
+                reason = "target-exited"
+        except UserError:
+            reason = "error"
+            raise
+        finally:
+            self._leave(backend, reader)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.writer is not None:
+                unfinished = pairer.close_all()
+                status = backend.exit_status()
+                self.writer.write({
+                    "type": "end",
+                    "reason": reason,
+                    "clock": clock_pair(),
+                    "target_status": status or None,
+                    "spans": pairer.stats.spans,
+                    "unfinished": len(unfinished),
+                    "pairing": asdict(pairer.stats),
+                    "agent_errors": len(self.agent_errors),
+                    "breakpoints_removed": removed,
+                    "code_restored": None if altered is None else not altered,
+                })
+                self.writer.close()
+            self._end_child()
+        if altered:
+            raise UserError(
+                f"after detaching, {len(altered)} breakpoint byte(s) are still in process {pid}: "
+                "it will crash on its next call there"
+            )
+        return Outcome(reason, pairer.stats.spans, len(unfinished), self.output,
+                       backend.exit_status())
+
+    def _leave(self, backend: GdbBackend, reader: threading.Thread | None) -> None:
+        """Whatever happened: detach if still attached, end gdb, let the reader drain."""
+        try:
+            if backend.attached and backend.mi is not None and not backend.mi.closed:
+                if backend.stop_target():
+                    backend.detach()
+        except Exception as exc:  # noqa: BLE001 - leaving must go on whatever failed
+            self.on_status(f"warning: detach failed: {exc}")
+        backend.close()
+        if reader is not None:
+            reader.join(timeout=10)
+
+    def _end_child(self) -> None:
+        """A program the tracer started ends with the run, like a shell's foreground job."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

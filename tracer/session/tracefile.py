@@ -1,0 +1,101 @@
+"""The trace file: JSON Lines, one object per line, flushed as it goes.
+
+A header line, then span lines, then an end line saying how the run ended. A file cut at any
+byte reads back up to its last whole line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tracer.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+def clock_pair() -> dict:
+    """Both clocks read back to back, so monotonic span times map to wall time."""
+    return {"monotonic_ns": time.monotonic_ns(), "realtime_ns": time.time_ns()}
+
+
+class TraceWriter:
+    """Writes lines as they come; readable by the user alone, as traces hold object names."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise UserError(f"cannot write the trace file {path}: {exc.strerror}") from None
+        self._file = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()
+        self.lines = 0
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self.closed:
+                return
+            self._file.write(line)
+            self.lines += 1
+            self.bytes += len(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self.closed = True
+
+
+@dataclass
+class Trace:
+    path: str
+    header: dict | None = None
+    spans: list[dict] = field(default_factory=list)
+    end: dict | None = None
+    truncated: bool = False
+    others: list[dict] = field(default_factory=list)
+
+
+def iter_records(path: str) -> Iterator[tuple[dict | None, bool]]:
+    """(record, cut) for each line; a last line with no newline is a cut one."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                yield None, True
+                return
+            yield json.loads(raw), False
+
+
+def read_trace(path: str) -> Trace:
+    if not os.path.exists(path):
+        raise UserError(f"no such trace file: {path}")
+    trace = Trace(path)
+    try:
+        for record, cut in iter_records(path):
+            if cut:
+                trace.truncated = True
+                break
+            kind = record.get("type") if isinstance(record, dict) else None
+            if kind == "header":
+                trace.header = record
+            elif kind == "span":
+                trace.spans.append(record)
+            elif kind == "end":
+                trace.end = record
+            else:
+                trace.others.append(record)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a tracer trace file (a line is not JSON)") from None
+    if trace.header is None:
+        raise UserError(f"{path} is not a tracer trace file (no header line)")
+    return trace

@@ -1,0 +1,127 @@
+"""A local process as a target: checks before attaching, load bias, memory reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from elftools.elf.elffile import ELFFile
+
+from tracer.errors import UserError
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    name: str
+    exe: str  # /proc/PID/exe: readable even across mount namespaces
+    exe_target: str  # what the link points at, for messages
+    tracer_pid: int
+
+
+def status_field(pid: int, key: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def tracer_pid(pid: int) -> int:
+    value = status_field(pid, "TracerPid")
+    return int(value) if value else 0
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def inspect_process(pid: int) -> ProcessInfo:
+    if pid <= 0:
+        raise UserError(f"{pid} is not a process id: give the PID of a running process")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise UserError(f"no process with PID {pid}: check the PID with `ps` (is it running?)")
+    if pid == os.getpid():
+        raise UserError("the tracer cannot trace itself: give the operator's PID")
+    state = status_field(pid, "State") or ""
+    if state.startswith("Z"):
+        raise UserError(f"process {pid} has exited (zombie): nothing to trace")
+    exe = f"/proc/{pid}/exe"
+    try:
+        target = os.readlink(exe)
+        with open(exe, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(
+            f"no permission to trace process {pid}: run the tracer as the process's user "
+            "with ptrace allowed, or as root"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot read the executable of process {pid}: {exc.strerror}") from None
+    name = process_name(pid)
+    other = tracer_pid(pid)
+    if other:
+        raise UserError(
+            f"process {pid} ({name}) is already traced by PID {other} ({process_name(other)}): "
+            "a process can have one tracer; stop that one first"
+        )
+    return ProcessInfo(pid, name, exe, target, other)
+
+
+@lru_cache(maxsize=8)
+def _load_segments(path: str) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+    """(lowest PT_LOAD vaddr, ((vaddr, offset, filesz), ...)) of an ELF file."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        lowest = min(s["p_vaddr"] & ~0xFFF for s in loads)
+        return lowest, tuple((s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in loads)
+
+
+def load_bias(pid: int, exe_path: str, pie: bool) -> int:
+    """Where the kernel put the executable: 0 for a fixed-address binary."""
+    if not pie:
+        return 0
+    target = os.readlink(f"/proc/{pid}/exe")
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].strip() == target and int(parts[2], 16) == 0:
+                lowest, _ = _load_segments(exe_path)
+                return int(parts[0].split("-")[0], 16) - lowest
+    raise UserError(f"cannot find where {target} is mapped in process {pid}")
+
+
+def file_bytes(path: str, vaddr: int, size: int) -> bytes:
+    """Bytes of the file at a static virtual address."""
+    _, segments = _load_segments(path)
+    for seg_vaddr, offset, filesz in segments:
+        if seg_vaddr <= vaddr and vaddr + size <= seg_vaddr + filesz:
+            with open(path, "rb") as f:
+                f.seek(offset + vaddr - seg_vaddr)
+                return f.read(size)
+    raise ValueError(f"address 0x{vaddr:x} is not in a loaded segment of {path}")
+
+
+def read_memory(pid: int, addr: int, size: int) -> bytes:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+        f.seek(addr)
+        return f.read(size)
+
+
+def altered_code(pid: int, exe_path: str, addresses: list[int], bias: int) -> list[int]:
+    """Static addresses whose byte in the process differs from the file's: a breakpoint left
+    behind would kill the operator on its next call, so the tracer checks after detaching."""
+    bad = []
+    for addr in addresses:
+        if read_memory(pid, addr + bias, 1) != file_bytes(exe_path, addr, 1):
+            bad.append(addr)
+    return bad
