@@ -246,7 +246,7 @@ def tracer_arm(plan_path: str) -> None:
         plan = json.load(f)
     _agent = Agent(plan)
     count = _agent.arm()
-    print("tracer-armed %d" % count)
+    print(f"tracer-armed {count}")
 
 
 def tracer_marker(n: int) -> None:
@@ -257,7 +257,7 @@ def tracer_marker(n: int) -> None:
 
 def tracer_disarm() -> None:
     removed = _agent.disarm() if _agent is not None else 0
-    print("tracer-disarmed %d" % removed)
+    print(f"tracer-disarmed {removed}")
 
 
 # gdb may not ignore SIGPIPE; a write to a closed pipe must not kill gdb, whose death would
