@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import ROOT, TRACER, run_tracer, sample
+from helpers import ROOT, TRACER, run_tracer, sample
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:

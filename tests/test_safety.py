@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import alive, read_lines, tracer_pid, wait_for_header, wait_until
+from helpers import alive, read_lines, tracer_pid, wait_for_header, wait_until
 
 from tracer.binary.analyze import analyze
 from tracer.probes.compile import compile_plan

@@ -5,7 +5,15 @@ from __future__ import annotations
 import signal
 
 import pytest
-from conftest import GO_BUILDS, read_lines, tracer_pid, wait_for_header, wait_until
+from helpers import (
+    GO_BUILDS,
+    read_lines,
+    run_tracer,
+    sample,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
 
 KNOBS = [
     "-workers", "4", "-calls", "2000", "-objects", "40",
@@ -83,3 +91,23 @@ def test_every_call_once_with_its_fields(build, operator, tracer_cmd, tmp_path):
 
     assert tracer_pid(op.pid) == 0
     assert op.stray_signals() == [], "the tracer delivered a signal to the operator"
+
+
+def test_run_traces_from_the_first_call(tmp_path):
+    """`tracer run` starts the operator under the tracer; it exits by itself and the run ends."""
+    truth_file = tmp_path / "truth.jsonl"
+    trace = tmp_path / "trace.jsonl"
+    result = run_tracer(
+        "run", "-o", str(trace), "-q", "--", str(sample("go1.27/sample-operator")),
+        "-workers", "4", "-calls", "500", "-error-every", "7", "-requeue-every", "11",
+        "-panic-every", "97", "-ground-truth", str(truth_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = read_lines(trace)
+    assert records[-1]["reason"] == "target-exited"
+    assert records[-1]["target_status"] == "exit code 0"
+    truth = [r for r in read_lines(truth_file) if not r.get("done")]
+    spans = [r for r in records if r["type"] == "span"]
+    assert len(spans) == len(truth) >= 500
+    matched = match_spans(truth, spans)
+    for call in truth:
+        check_fields(call, matched[call["seq"]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import read_lines, sample, tracer_pid, wait_for_header, wait_until
+from helpers import read_lines, sample, tracer_pid, wait_for_header, wait_until
 
 
 def check_against_truth(truth: list[dict], spans: list[dict]) -> None:
@@ -46,7 +46,7 @@ def test_attach_two_threads(operator, tracer_cmd, tmp_path):
 
 def test_run_from_first_call(tmp_path):
     """`tracer run` starts the program under the tracer: no call escapes, not even the first."""
-    from conftest import run_tracer
+    from helpers import run_tracer
 
     truth_file = tmp_path / "truth.jsonl"
     trace = tmp_path / "trace.jsonl"

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,12 @@ from tracer.probes.plan import Plan
 from tracer.session.pairing import Hit, Pairer
 from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
 from tracer.targets.process import altered_code, load_bias
+
+
+PARKED_EXEC = (
+    "import os, sys; gate = int(sys.argv[1]); os.read(gate, 1); os.close(gate); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 @dataclass
@@ -135,19 +142,18 @@ class Session:
 
     def _spawn_parked(self) -> tuple[subprocess.Popen, Callable[[], None]]:
         """Start the command parked before its exec, so the tracer is in place for its first
-        instruction. The shell only waits for one byte, then becomes the program."""
+        instruction: a small Python waits for one byte on the gate, then becomes the program."""
         assert self.target.argv
         gate_r, gate_w = os.pipe()
         child = subprocess.Popen(
-            ["/bin/sh", "-c", 'read -r _ <&3; exec 3<&-; exec "$@"', "tracer-run",
-             *self.target.argv],
+            [sys.executable, "-c", PARKED_EXEC, str(gate_r), *self.target.argv],
             pass_fds=(gate_r,),
             start_new_session=True,
         )
         os.close(gate_r)
 
         def release() -> None:
-            os.write(gate_w, b"go\n")
+            os.write(gate_w, b"g")
             os.close(gate_w)
 
         return child, release

@@ -115,10 +115,14 @@ class GdbBackend:
         self.mi.console("catch exec")
         self.resume()
         release()
-        stop = self.mi.wait_for(lambda r: r.get("message") == "stopped", timeout=60)
-        if stop is None or (stop.get("payload") or {}).get("reason") != "exec":
-            reason = (stop or {}).get("payload", {}).get("reason", "no stop")
-            raise UserError(f"the command did not start under the tracer ({reason})")
+        stop = self.mi.wait_for(
+            lambda r: r.get("message") == "stopped"
+            and (r.get("payload") or {}).get("reason") in ("exec", *EXIT_REASONS),
+            timeout=60,
+        )
+        if stop is None or stop["payload"]["reason"] != "exec":
+            raise UserError("the command did not start under the tracer (it exited or hung "
+                            "before its exec)")
         self.running = False
         self.mi.console("delete")
 

@@ -1,0 +1,163 @@
+"""Shared helpers: real sample operators, the real `tracer` command, ground truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "build" / "samples"
+TRACER = [sys.executable, "-m", "tracer"]
+
+GO_BUILDS = [
+    "go1.19/sample-operator",
+    "go1.19/sample-operator-stripped",
+    "go1.19/sample-operator-debug",
+    "go1.27/sample-operator",
+    "go1.27/sample-operator-stripped",
+]
+
+
+def sample(rel: str) -> Path:
+    path = SAMPLES / rel
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run scripts/build-samples (or scripts/setup)")
+    return path
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def tracer_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    raise AssertionError("no TracerPid line")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """End a process this test started, by its PID."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Operator:
+    """A sample operator started parked (-wait-signal) with a ground-truth file."""
+
+    def __init__(self, binary: Path, truth: Path, args: list[str]) -> None:
+        self.binary = binary
+        self.truth = truth
+        self.stderr_path = truth.with_suffix(".stderr")
+        self.proc = subprocess.Popen(
+            [str(binary), "-wait-signal", "-ground-truth", str(truth), *args],
+            stdout=subprocess.PIPE,
+            stderr=open(self.stderr_path, "w"),
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), f"operator did not start: {line!r}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start_work(self) -> None:
+        os.kill(self.pid, signal.SIGUSR1)
+
+    def records(self) -> list[dict]:
+        """Whole lines only: the operator writes through a buffer, a line may be half out."""
+        text = self.truth.read_text() if self.truth.exists() else ""
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
+
+    def done(self) -> dict | None:
+        for record in self.records():
+            if record.get("done"):
+                return record
+        return None
+
+    def calls(self) -> list[dict]:
+        return [r for r in self.records() if not r.get("done")]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def stray_signals(self) -> list[str]:
+        """Signals the operator saw other than the SIGUSR1 the test sent to start it."""
+        return [line for line in self.stderr().splitlines()
+                if line.startswith("signal:") and "user defined signal 1" not in line]
+
+
+class TracerRun:
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.stdout_path = cwd / "tracer.stdout"
+        self.stderr_path = cwd / "tracer.stderr"
+        self.proc = subprocess.Popen(
+            [*TRACER, *args],
+            cwd=cwd,
+            stdout=open(self.stdout_path, "w"),
+            stderr=open(self.stderr_path, "w"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+
+def run_tracer(*args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRACER, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def wait_for_header(trace: Path, run: TracerRun, timeout: float = 60) -> dict:
+    def header():
+        if run.proc.poll() is not None:
+            raise AssertionError(f"tracer exited early: {run.stderr()}")
+        if trace.exists():
+            for record in read_lines(trace) if trace.read_text().endswith("\n") else []:
+                if record.get("type") == "header":
+                    return record
+        return None
+
+    return wait_until(header, timeout, "the trace header")
