@@ -216,6 +216,12 @@ class GdbBackend:
         for line in result.console:
             if line.startswith("tracer-disarmed"):
                 removed = int(line.split()[1])
+        # A thread that stopped at a breakpoint before gdb's SIGSTOP reached it still has that
+        # SIGSTOP pending, and gdb's detach answers it with a SIGCONT the operator would see.
+        # One more round with no breakpoints left lets every thread take its SIGSTOP.
+        self.resume()
+        if not self.stop_target():
+            return removed
         self.mi.send("-target-detach", timeout=30)
         self.attached = False
         return removed
