@@ -25,13 +25,14 @@ def calls_per_second(op, seconds: float = 1.0) -> float:
     return (len(op.truth.read_text().splitlines()) - before) / seconds
 
 
-def assert_untouched(op) -> None:
+def assert_untouched(op, allowed_signals: frozenset | set = frozenset()) -> None:
     assert alive(op.pid), "the operator died"
     wait_until(lambda: tracer_pid(op.pid) == 0, 15, "TracerPid to be 0")
     plan = compile_plan(analyze(str(op.binary)))
     # Every breakpoint address, read through /proc/PID/mem, holds the file's byte again.
     assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0) == []
-    assert op.stray_signals() == [], "the tracer delivered a signal to the operator"
+    stray = [line for line in op.stray_signals() if line not in allowed_signals]
+    assert stray == [], "the tracer delivered a signal to the operator"
 
 
 def baseline(op) -> float:
@@ -76,7 +77,9 @@ def test_sigkill_of_the_tracer(operator, tracer_cmd, tmp_path):
     run.wait(10)
     # gdb reads EOF on its input, detaches and exits on its own.
     wait_until(lambda: not alive(gdb_pid), 20, "gdb to exit after its controller died")
-    assert_untouched(op)
+    # gdb's own detach (not the tracer's) may answer a SIGSTOP still pending in a thread with
+    # a SIGCONT: a no-op for a running process, visible only to a program that watches it.
+    assert_untouched(op, allowed_signals={"signal: continued"})
     # What was recorded up to the kill is whole lines.
     records = read_lines(trace)
     assert records[0]["type"] == "header"
