@@ -51,8 +51,9 @@ def _check_output(path: str) -> str:
 
 def _trace(target, info, plan, output: str, duration: float | None, quiet: bool) -> None:
     from tracer.session.session import Session
+    from tracer.session.tracefile import clock_pair
 
-    formatter = LineFormatter()
+    formatter = LineFormatter(clock_pair())
 
     def on_span(span: dict) -> None:
         if not quiet:

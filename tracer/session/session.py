@@ -21,7 +21,6 @@ from tracer.session.pairing import Hit, Pairer
 from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
 from tracer.targets.process import altered_code, load_bias
 
-
 PARKED_EXEC = (
     "import os, sys; gate = int(sys.argv[1]); os.read(gate, 1); os.close(gate); "
     "os.execv(sys.argv[2], sys.argv[2:])"
