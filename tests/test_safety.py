@@ -99,3 +99,25 @@ def test_operator_exit_ends_the_run(operator, tracer_cmd, tmp_path):
     assert end["type"] == "end" and end["reason"] == "target-exited"
     assert end["target_status"] == "exit code 0"
     assert sum(1 for r in records if r["type"] == "span") == op.done()["calls"]
+
+
+def test_gdb_killed_is_reported_and_repaired(operator, tracer_cmd, tmp_path):
+    """gdb dying attached leaves int3 bytes behind. The tracer notices at once, writes the
+    file's bytes back and closes the trace. The operator can still die if a thread was inside
+    a breakpoint stop at that instant (about 1 in 10 here at 20 calls/s), so its survival is
+    not promised; when it survives, its code must be exactly the file's."""
+    op = operator(BUILD, "-workers", "4", "-calls", "0", "-rate", "20")
+    op.start_work()
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "--quiet")
+    wait_for_header(trace, run)
+    time.sleep(1)
+    os.kill(tracer_pid(op.pid), signal.SIGKILL)
+    assert run.wait(30) == 1
+    assert "warning: gdb died" in run.stderr()
+    end = read_lines(trace)[-1]
+    assert end["type"] == "end" and end["reason"] == "debugger-died"
+    time.sleep(0.5)
+    if alive(op.pid):
+        assert end["code_restored"] is True
+        assert_untouched(op)

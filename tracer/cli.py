@@ -70,6 +70,8 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool)
         f"{outcome.unfinished} unfinished, written to {outcome.output}",
         err=True,
     )
+    if outcome.reason == "debugger-died":
+        sys.exit(1)
 
 
 OUTPUT = click.option("--output", "-o", metavar="FILE",

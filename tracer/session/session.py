@@ -19,7 +19,7 @@ from tracer.errors import UserError
 from tracer.probes.plan import Plan
 from tracer.session.pairing import Hit, Pairer
 from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
-from tracer.targets.process import altered_code, load_bias
+from tracer.targets.process import altered_code, load_bias, restore_code
 
 PARKED_EXEC = (
     "import os, sys; gate = int(sys.argv[1]); os.read(gate, 1); os.close(gate); "
@@ -70,6 +70,9 @@ class Session:
         self._markers: set[int] = set()
         self.agent_errors: list[str] = []
         self.child: subprocess.Popen | None = None
+        self._leaving = False
+        self._on_debugger_death: Callable[[], None] | None = None
+        self._repaired: list[int] | None = None
 
     # -- signals ---------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -107,6 +110,10 @@ class Session:
                         self._marker_seen.notify_all()
                 elif "agent_error" in record:
                     self.agent_errors.append(record["agent_error"])
+        # End of the pipe: gdb is gone. If the tracer did not end it, gdb died attached and
+        # every moment counts before the operator runs into a breakpoint byte.
+        if not self._leaving and self._on_debugger_death is not None:
+            self._on_debugger_death()
 
     def _wait_marker(self, marker: int, timeout: float) -> bool:
         with self._marker_seen:
@@ -180,6 +187,12 @@ class Session:
                 t0 = time.monotonic()
                 backend.attach(pid)
             bias = load_bias(pid, self.info.path, self.info.pie)
+
+            def on_death() -> None:
+                self._repaired = self._repair(pid, bias)
+                self.request_stop("debugger-died")
+
+            self._on_debugger_death = on_death
             armed = backend.arm(self.plan, bias)
             # The file is created only once the operator is traced: bad input leaves none.
             self.writer = TraceWriter(self.output)
@@ -206,15 +219,21 @@ class Session:
                 if deadline is not None and time.monotonic() >= deadline:
                     reason = "duration"
                     break
-            if backend.stop_target():
-                marker = backend.write_marker()
-                if not self._wait_marker(marker, 10):
-                    self.on_status("warning: the agent's last hits did not arrive in 10 s")
-                removed = backend.detach()
-                altered = altered_code(pid, self.info.path, self.plan.breakpoint_addresses(0),
-                                       bias)
-            elif reason not in ("target-exited",) and backend.exited:
-                reason = "target-exited"
+            if reason == "debugger-died":
+                # The reader repairs the code the moment the pipe ends; wait for it.
+                reader.join(timeout=10)
+                altered = self._repaired
+            else:
+                self._leaving = True
+                if backend.stop_target():
+                    marker = backend.write_marker()
+                    if not self._wait_marker(marker, 10):
+                        self.on_status("warning: the agent's last hits did not arrive in 10 s")
+                    removed = backend.detach()
+                    altered = altered_code(pid, self.info.path,
+                                           self.plan.breakpoint_addresses(0), bias)
+                elif backend.exited:
+                    reason = "target-exited"
         except UserError:
             reason = "error"
             raise
@@ -247,8 +266,27 @@ class Session:
         return Outcome(reason, pairer.stats.spans, len(unfinished), self.output,
                        backend.exit_status())
 
+    def _repair(self, pid: int, bias: int) -> list[int] | None:
+        """gdb died attached: its int3 bytes are still in the operator, which would die of
+        SIGTRAP on its next call there. Put the file's bytes back while it still runs."""
+        try:
+            with open(f"/proc/{pid}/status"):
+                pass
+        except OSError:
+            return None
+        try:
+            left = restore_code(pid, self.info.path, self.plan.breakpoint_addresses(0), bias)
+        except OSError as exc:
+            self.on_status(f"warning: gdb died and the operator's code could not be repaired: "
+                           f"{exc.strerror}")
+            return None
+        self.on_status("warning: gdb died while attached; the operator's code was repaired"
+                       if not left else "warning: gdb died; breakpoints remain in the operator")
+        return left
+
     def _leave(self, backend: GdbBackend, reader: threading.Thread | None) -> None:
         """Whatever happened: detach if still attached, end gdb, let the reader drain."""
+        self._leaving = True
         try:
             if backend.attached and backend.mi is not None and not backend.mi.closed:
                 if backend.stop_target():

@@ -125,3 +125,13 @@ def altered_code(pid: int, exe_path: str, addresses: list[int], bias: int) -> li
         if read_memory(pid, addr + bias, 1) != file_bytes(exe_path, addr, 1):
             bad.append(addr)
     return bad
+
+
+def restore_code(pid: int, exe_path: str, addresses: list[int], bias: int) -> list[int]:
+    """Write the file's bytes back where a dead debugger left breakpoints; returns the
+    addresses still altered afterwards. Used only when gdb died without detaching."""
+    for addr in altered_code(pid, exe_path, addresses, bias):
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as f:
+            f.seek(addr + bias)
+            f.write(file_bytes(exe_path, addr, 1))
+    return altered_code(pid, exe_path, addresses, bias)
