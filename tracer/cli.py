@@ -49,21 +49,32 @@ def _check_output(path: str) -> str:
     return path
 
 
-def _trace(target, info, plan, output: str, duration: float | None, quiet: bool) -> None:
+def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
+           plain: bool) -> None:
     from tracer.session.session import Session
     from tracer.session.tracefile import clock_pair
 
     formatter = LineFormatter(clock_pair())
+    messages: list[str] = []
+    live = not plain and not quiet and sys.stdout.isatty()
 
     def on_span(span: dict) -> None:
         if not quiet:
             click.echo(formatter.format(span))
 
     def on_status(message: str) -> None:
-        click.echo(message, err=True)
+        if live:
+            messages.append(message)  # shown once the screen is gone
+        else:
+            click.echo(message, err=True)
 
     session = Session(target, info, plan, output, duration, on_span, on_status)
-    outcome = session.run()
+    if live:
+        outcome = _run_live(session)
+        for message in messages:
+            click.echo(message, err=True)
+    else:
+        outcome = session.run()
     status = f", operator {outcome.target_status}" if outcome.target_status else ""
     click.echo(
         f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
@@ -72,6 +83,42 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool)
     )
     if outcome.reason == "debugger-died":
         sys.exit(1)
+
+
+def _run_live(session):
+    from tracer.front.live.app import LiveView
+    from tracer.front.live.screen import Cost, Header
+    from tracer.front.live.state import LiveState
+
+    state = LiveState()
+    session.on_span = state.add
+
+    def header() -> Header:
+        h = session.header
+        target = f"PID {h['target']['pid']} ({h['target']['name']})" if h else "attaching..."
+        binary = ""
+        if h:
+            b = h["binary"]
+            binary = " ".join(x for x in (b["language"], b.get("go_version") or "",
+                                          "stripped" if b["stripped"] else "") if x)
+        return Header(target, binary, session.plan.probe, "gdb")
+
+    def cost() -> Cost | None:
+        writer = session.writer
+        return Cost(session.pairer.stats.hits, session.handler_ns,
+                    writer.lines if writer else 0, writer.bytes if writer else 0)
+
+    def since() -> int | None:
+        return session.header["clock"]["monotonic_ns"] if session.header else None
+
+    def offset() -> int:
+        clock = session.header["clock"] if session.header else None
+        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
+
+    view = LiveView(state, header, lambda: session.pairer.in_flight, cost, since,
+                    clock_offset=offset, on_quit=lambda: session.request_stop("quit"))
+    with view:
+        return session.run()
 
 
 OUTPUT = click.option("--output", "-o", metavar="FILE",
@@ -84,6 +131,8 @@ SYMBOL = click.option("--symbol", "-s", metavar="REGEX",
 NO_ARGS = click.option("--no-args", is_flag=True,
                        help="Record no argument or error values, only times and types.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="Print no line per call.")
+PLAIN = click.option("--plain", is_flag=True,
+                     help="A line per finished call instead of the live screen on a terminal.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,8 +148,9 @@ def cli() -> None:
 @SYMBOL
 @NO_ARGS
 @QUIET
+@PLAIN
 def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
-           no_args: bool, quiet: bool) -> None:
+           no_args: bool, quiet: bool, plain: bool) -> None:
     """Attach to a running process and record every reconcile call until Ctrl-C."""
     from tracer.backends.gdb.backend import find_gdb
     from tracer.session.session import Target
@@ -112,7 +162,8 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
     out = _check_output(output or _default_output(proc.name, pid))
-    _trace(Target(pid=pid, name=proc.name, exe=proc.exe_target), info, plan, out, duration, quiet)
+    target = Target(pid=pid, name=proc.name, exe=proc.exe_target)
+    _trace(target, info, plan, out, duration, quiet, plain)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -122,8 +173,9 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
 @SYMBOL
 @NO_ARGS
 @QUIET
+@PLAIN
 def run(command: tuple[str, ...], output: str | None, duration: float | None,
-        symbol: str | None, no_args: bool, quiet: bool) -> None:
+        symbol: str | None, no_args: bool, quiet: bool, plain: bool) -> None:
     """Start COMMAND under the tracer (use `--` before it) and record from its first call.
 
     The program ends with the run (Ctrl-C, --duration), like a shell's foreground job."""
@@ -138,7 +190,20 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
     plan = compile_plan(info, symbol, capture_args=not no_args)
     name = os.path.basename(program)
     out = _check_output(output or _default_output(name, "run"))
-    _trace(Target(argv=[program, *command[1:]], name=name), info, plan, out, duration, quiet)
+    target = Target(argv=[program, *command[1:]], name=name)
+    _trace(target, info, plan, out, duration, quiet, plain)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="Replay this many times faster than it happened.")
+@click.option("--summary", is_flag=True, help="Print the end state once instead of replaying.")
+def view(file: str, speed: float, summary: bool) -> None:
+    """Show a recorded trace in the live screen: replayed, or its end state (--summary)."""
+    from tracer.front.live.replay import view as replay_view
+
+    replay_view(file, speed, summary)
 
 
 @cli.command()

@@ -56,6 +56,9 @@ class Pairer:
         self.emit = emit
         self.keys: dict[object, KeyState] = {}
         self.stats = PairingStats()
+        # Calls open right now, per function: read by the live view from another thread, so
+        # kept as counters rather than derived from the stacks it would have to walk.
+        self.in_flight: dict[str, int] = {}
         self._next_id = 1
 
     def key(self, hit: Hit) -> object:
@@ -91,12 +94,14 @@ class Pairer:
         # A call whose panic was recovered above it never returns: it ended at the recovery.
         while state.stack and state.stack[-1].recovered_ns is not None:
             call = state.stack.pop()
+            self._closed(call)
             self._finish(call, call.recovered_ns, None)
         state.last_exit = None
         state.stack.append(
             OpenCall(hit.point.function, hit.point_index, hit.ts, hit.sp, hit.lwp, hit.goid,
                      hit.value)
         )
+        self.in_flight[hit.point.function] = self.in_flight.get(hit.point.function, 0) + 1
 
     def _exit(self, state: KeyState, hit: Hit) -> None:
         if state.last_exit == (hit.point_index, hit.sp):
@@ -105,6 +110,7 @@ class Pairer:
         for i in range(len(state.stack) - 1, -1, -1):
             if state.stack[i].function == hit.point.function:
                 call = state.stack.pop(i)
+                self._closed(call)
                 state.last_exit = (hit.point_index, hit.sp)
                 # Returned normally: any panic inside it was recovered inside it.
                 call.panic = None
@@ -118,6 +124,7 @@ class Pairer:
         unfinished = []
         for state in self.keys.values():
             for call in state.stack:
+                self._closed(call)
                 if call.recovered_ns is not None:
                     self._finish(call, call.recovered_ns, None)
                 else:
@@ -126,6 +133,9 @@ class Pairer:
         for span in unfinished:
             self.emit(span)
         return unfinished
+
+    def _closed(self, call: OpenCall) -> None:
+        self.in_flight[call.function] -= 1
 
     def _finish(self, call: OpenCall, end_ns: int, exit_value: object) -> None:
         self.stats.spans += 1

@@ -71,6 +71,10 @@ class Session:
         self.agent_errors: list[str] = []
         self.child: subprocess.Popen | None = None
         self._leaving = False
+        self.handler_ns = 0
+        self.header: dict | None = None
+        self.writer: TraceWriter | None = None
+        self.pairer = Pairer(plan, self._emit)
         self._on_debugger_death: Callable[[], None] | None = None
         self._repaired: list[int] | None = None
 
@@ -102,7 +106,8 @@ class Session:
             for raw in pipe:
                 record = json.loads(raw)
                 if isinstance(record, list):
-                    ts, index, lwp, goid, sp, value = record
+                    ts, index, lwp, goid, sp, value, handler_ns = record
+                    self.handler_ns += handler_ns
                     pairer.feed(Hit(ts, points[index], index, lwp, goid, sp, value))
                 elif "marker" in record:
                     with self._marker_seen:
@@ -167,9 +172,8 @@ class Session:
     def run(self) -> Outcome:
         backend = GdbBackend()
         previous = self._install_signals()
-        self.writer: TraceWriter | None = None
         reader: threading.Thread | None = None
-        pairer = Pairer(self.plan, self._emit)
+        pairer = self.pairer
         reason = "error"
         removed = 0
         altered: list[int] | None = None
@@ -201,7 +205,8 @@ class Session:
             reader.start()
             backend.resume()
             pause_ms = (time.monotonic() - t0) * 1000
-            self.writer.write(self._header(pid, round(pause_ms, 3), armed))
+            self.header = self._header(pid, round(pause_ms, 3), armed)
+            self.writer.write(self.header)
             self.on_status(
                 f"tracing {len(self.plan.functions)} function(s) in PID {pid} "
                 f"({armed} breakpoints, operator stopped {pause_ms:.1f} ms to attach); "

@@ -5,12 +5,13 @@ module (gdb's Python is the system one, not the tracer's virtualenv). Every hit 
 `stop()` and written as one JSON line to a pipe the controller reads; there is no round trip
 to the controller, which is what keeps a hit near 100 µs instead of a millisecond (MI).
 
-Hit line: [ts_ns, point, lwp, goid, sp, value]
+Hit line: [ts_ns, point, lwp, goid, sp, value, handler_ns]
   ts_ns  CLOCK_MONOTONIC, taken first thing in stop()
   point  index into the plan's points
   goid   goroutine id (Go) or null
   sp     stack pointer, used by the controller to drop re-executed breakpoints
-  value  what the point's decoder captured (see DECODERS), or null
+  value  what the point's decoder captured (see Agent.decode), or null
+  handler_ns  time spent in this handler before writing: the agent's share of the stop
 Control lines (not hits) are JSON objects: {"marker": n}, {"agent_error": "..."}.
 """
 
@@ -213,7 +214,8 @@ class Agent:
         goid = self.goid(frame, point["key"])
         sp = int(frame.read_register("rsp"))
         value = self.decode(frame, point["decode"]) if point["decode"] else None
-        self.emit(json.dumps([ts, index, lwp, goid, sp, value], separators=(",", ":")))
+        handler = time.monotonic_ns() - ts
+        self.emit(json.dumps([ts, index, lwp, goid, sp, value, handler], separators=(",", ":")))
 
 
 class HitBreakpoint(gdb.Breakpoint):

@@ -1,0 +1,160 @@
+"""The live screen: rich renderables built from a Snapshot, sized to the terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from tracer.front.lines import outcome
+from tracer.front.live.state import ObjectStats, Snapshot
+
+SORTS = ["recent", "calls", "time", "name"]
+
+
+def dur(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f}µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.1f}ms"
+    if ns < 120_000_000_000:
+        return f"{ns / 1_000_000_000:.1f}s"
+    return f"{ns / 60_000_000_000:.0f}m"
+
+
+def short_function(name: str) -> str:
+    """`pkg/path/controllers.(*R).Reconcile` → `(*R).Reconcile`: the part a person reads."""
+    last = name.rsplit("/", 1)[-1]
+    return last.split(".", 1)[1] if "." in last and "(" in last else last
+
+
+@dataclass
+class Header:
+    target: str
+    binary: str
+    probe: str
+    backend: str
+
+
+@dataclass
+class Cost:
+    hits: int
+    handler_ns: int
+    lines: int
+    bytes: int
+
+
+def sort_objects(objects: list[ObjectStats], mode: str) -> list[ObjectStats]:
+    if mode == "calls":
+        return sorted(objects, key=lambda o: (-o.calls, o.key))
+    if mode == "time":
+        return sorted(objects, key=lambda o: (-o.total_ns, o.key))
+    if mode == "name":
+        return sorted(objects, key=lambda o: o.key)
+    return sorted(objects, key=lambda o: -o.last_start)
+
+
+def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height: int,
+           sort: str = "recent", frozen: bool = False, clock_offset: int = 0,
+           keys: bool = True) -> Group:
+    elapsed = snap.now - snap.since if snap.since is not None else 0
+    top = Text()
+    top.append("tracer ", style="bold cyan")
+    top.append(f"{header.target}  ", style="bold")
+    top.append(f"{header.binary}  probe {header.probe}  backend {header.backend}  "
+               f"attached {dur(elapsed)}")
+    if frozen:
+        top.append("  [frozen: p to resume]", style="bold yellow")
+
+    functions = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
+                      show_edge=False)
+    functions.add_column("function", ratio=3, no_wrap=True, overflow="ellipsis",
+                         min_width=min(40, max(16, width - 62)))
+    for column in ("calls", "run", "/min", "p50", "p95", "max", "err", "rq", "last"):
+        functions.add_column(column, justify="right", no_wrap=True)
+    for name, fn in sorted(snap.functions.items()):
+        since_last = dur(snap.now - fn.last_start) if fn.last_start else "-"
+        functions.add_row(
+            short_function(name), str(fn.calls), str(snap.in_flight.get(name, 0)),
+            str(len(fn.recent_starts)) if elapsed >= 60e9
+            else f"{len(fn.recent_starts) * 60e9 / max(elapsed, 1):.0f}",
+            dur(fn.percentile(0.5)), dur(fn.percentile(0.95)),
+            dur(fn.durations[-1] if fn.durations else None),
+            str(fn.errors), str(fn.requeues), since_last,
+        )
+
+    in_flight = sum(snap.in_flight.values())
+    busy = min(snap.busy_ns, elapsed) if elapsed else 0
+    idle_share = 1 - busy / elapsed if elapsed else 1.0
+    streak = snap.now - snap.last_end if in_flight == 0 and snap.last_end else 0
+    idle = Text()
+    idle.append("idle ", style="bold")
+    idle.append(f"{idle_share:.1%} of the time attached; ")
+    idle.append(f"current idle streak {dur(streak)}" if in_flight == 0 else
+                f"{in_flight} in flight now")
+
+    footer = Text(style="dim")
+    if cost is not None:
+        per_hit = cost.handler_ns / cost.hits if cost.hits else 0
+        footer.append(f"cost: {cost.hits} hits, agent handler {dur(cost.handler_ns)} "
+                      f"({per_hit / 1000:.0f}µs/hit); written {cost.lines} lines, "
+                      f"{cost.bytes / 1024:.0f} KiB")
+    if keys:
+        footer.append("   q quit  p freeze  s sort", style="bold")
+
+    last_error = Text(no_wrap=True, overflow="ellipsis")
+    if snap.errors:
+        err = snap.errors[-1]
+        request = err.get("request")
+        what = f"{request['namespace']}/{request['name']} " if request else ""
+        last_error.append("last error ", style="bold red")
+        last_error.append(f"{dur(snap.now - err['start_ns'])} ago: {what}{outcome(err)}")
+    else:
+        last_error.append("no errors", style="bold green")
+
+    # Rows left for the two lists at the bottom once the fixed parts are placed: the header
+    # and footer may wrap, each table has a header and a rule.
+    fixed = (len(top) // width + 1) + (2 + len(snap.functions)) + 1 + 3 + 2 \
+        + (len(footer) // width + 1)
+    room = max(height - fixed, 2)
+    tail_rows = max(1, min(len(snap.tail), room // 3))
+    object_rows = max(1, room - tail_rows)
+
+    objects = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
+                    show_edge=False, title=f"{len(snap.objects)} objects, by {sort} (s)",
+                    title_justify="left", title_style="bold")
+    objects.add_column("object", ratio=3, no_wrap=True, overflow="ellipsis")
+    objects.add_column("calls", justify="right", no_wrap=True)
+    objects.add_column("last start", justify="right", no_wrap=True)
+    objects.add_column("took", justify="right", no_wrap=True)
+    objects.add_column("result", ratio=2, no_wrap=True, overflow="ellipsis")
+    if width >= 100:
+        objects.add_column("interval", justify="right", no_wrap=True)
+    for obj in sort_objects(snap.objects, sort)[:object_rows]:
+        when = dt.datetime.fromtimestamp((obj.last_start + clock_offset) / 1e9)
+        row = [obj.key, str(obj.calls), f"{when:%H:%M:%S.%f}"[:-3], dur(obj.last_duration),
+               obj.last_result]
+        if width >= 100:
+            row.append(dur(obj.interval))
+        objects.add_row(*row, style="red" if obj.last_result not in ("ok", "") and
+                        not obj.last_result.startswith("requeue") else None)
+
+    tail = Table(box=None, expand=True, pad_edge=False, padding=(0, 1), show_header=False)
+    tail.add_column(no_wrap=True)
+    tail.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    recent = sorted(snap.tail[-tail_rows:], key=lambda s: s["start_ns"])
+    for span in recent:
+        request = span.get("request")
+        what = f"{request['namespace']}/{request['name']}" if request else \
+            short_function(span["function"])
+        bad = span.get("error") or span.get("panic")
+        tail.add_row(dur(span.get("duration_ns")),
+                     Text(f"{what}  {outcome(span)}", style="red" if bad else None))
+
+    return Group(top, functions, idle, objects, last_error, tail, footer)

@@ -1,0 +1,177 @@
+"""What the live view shows, kept up to date span by span.
+
+`add()` runs on the tracer's hit-reading thread and only updates counters; the screen takes a
+`snapshot()` under the same short lock and renders from it, so capture never waits for the
+terminal.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from tracer.front.lines import outcome
+
+RATE_WINDOW_NS = 60_000_000_000
+TAIL = 200
+
+
+class IntervalUnion:
+    """Total length of the union of [start, end) intervals added in any order: the time
+    with at least one call in flight. Spans arrive by end time, so merges happen at the tail
+    and stay cheap."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.total = 0
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        i = bisect.bisect_left(self.ends, start)
+        j = bisect.bisect_right(self.starts, end)
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+            self.total -= sum(e - s for s, e in zip(self.starts[i:j], self.ends[i:j],
+                                                    strict=True))
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+        self.total += end - start
+
+    @property
+    def last_end(self) -> int | None:
+        return self.ends[-1] if self.ends else None
+
+
+@dataclass
+class FunctionStats:
+    calls: int = 0
+    errors: int = 0
+    requeues: int = 0
+    unfinished: int = 0
+    durations: list[int] = field(default_factory=list)  # sorted, for exact percentiles
+    recent_starts: deque = field(default_factory=deque)
+    last_start: int | None = None
+
+    def percentile(self, q: float) -> int | None:
+        if not self.durations:
+            return None
+        return self.durations[min(len(self.durations) - 1, int(q * len(self.durations)))]
+
+
+@dataclass
+class ObjectStats:
+    key: str
+    calls: int = 0
+    last_start: int = 0
+    last_duration: int | None = None
+    last_result: str = ""
+    interval: int | None = None  # between its last two starts
+    total_ns: int = 0
+
+
+@dataclass
+class Snapshot:
+    now: int
+    since: int | None
+    functions: dict[str, FunctionStats]
+    in_flight: dict[str, int]
+    objects: list[ObjectStats]
+    tail: list[dict]
+    errors: list[dict]
+    busy_ns: int
+    last_end: int | None
+    spans: int
+
+
+def result_word(span: dict) -> str:
+    """Short result for a table cell: ok, requeue, requeue after N, error type, panic."""
+    if span.get("status") == "unfinished":
+        return "unfinished"
+    if span.get("panic"):
+        return "panic"
+    if span.get("error"):
+        return span["error"]["type"]
+    text = outcome(span)
+    return text
+
+
+class LiveState:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.functions: dict[str, FunctionStats] = {}
+        self.objects: dict[str, ObjectStats] = {}
+        self.tail: deque[dict] = deque(maxlen=TAIL)
+        self.errors: deque[dict] = deque(maxlen=TAIL)
+        self.busy = IntervalUnion()
+        self.spans = 0
+        self.first_start: int | None = None
+
+    def add(self, span: dict) -> None:
+        with self._lock:
+            self._add(span)
+
+    def _add(self, span: dict) -> None:
+        self.spans += 1
+        fn = self.functions.setdefault(span["function"], FunctionStats())
+        start, end = span["start_ns"], span.get("end_ns")
+        fn.calls += 1
+        if self.first_start is None or start < self.first_start:
+            self.first_start = start
+        if end is None:
+            fn.unfinished += 1
+        else:
+            bisect.insort(fn.durations, end - start)
+            self.busy.add(start, end)
+        if span.get("error") or span.get("panic"):
+            fn.errors += 1
+            self.errors.append(span)
+        result = span.get("result") or {}
+        if result.get("requeue") or result.get("requeue_after_ns"):
+            fn.requeues += 1
+        fn.recent_starts.append(start)
+        fn.last_start = max(fn.last_start or start, start)
+        self.tail.append(span)
+
+        request = span.get("request")
+        if request:
+            key = f"{request['namespace']}/{request['name']}"
+            obj = self.objects.get(key)
+            if obj is None:
+                obj = self.objects[key] = ObjectStats(key)
+            elif start > obj.last_start:
+                obj.interval = start - obj.last_start
+            obj.calls += 1
+            if start >= obj.last_start:
+                obj.last_start = start
+                obj.last_duration = None if end is None else end - start
+                obj.last_result = result_word(span)
+            if end is not None:
+                obj.total_ns += end - start
+
+    def snapshot(self, now: int, in_flight: dict[str, int], since: int | None) -> Snapshot:
+        with self._lock:
+            for fn in self.functions.values():
+                while fn.recent_starts and fn.recent_starts[0] < now - RATE_WINDOW_NS:
+                    fn.recent_starts.popleft()
+            functions = {
+                name: FunctionStats(fn.calls, fn.errors, fn.requeues, fn.unfinished,
+                                    fn.durations, deque(fn.recent_starts), fn.last_start)
+                for name, fn in self.functions.items()
+            }
+            return Snapshot(
+                now=now,
+                since=since if since is not None else self.first_start,
+                functions=functions,
+                in_flight=dict(in_flight),
+                objects=[ObjectStats(**vars(o)) for o in self.objects.values()],
+                tail=list(self.tail),
+                errors=list(self.errors),
+                busy_ns=self.busy.total,
+                last_end=self.busy.last_end,
+                spans=self.spans,
+            )
