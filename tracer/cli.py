@@ -99,7 +99,7 @@ def _run_live(session):
         binary = ""
         if h:
             b = h["binary"]
-            binary = " ".join(x for x in (b["language"], b.get("go_version") or "",
+            binary = " ".join(x for x in (b.get("go_version") or b["language"],
                                           "stripped" if b["stripped"] else "") if x)
         return Header(target, binary, session.plan.probe, "gdb")
 

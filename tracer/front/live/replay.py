@@ -20,7 +20,7 @@ def header_of(trace: Trace) -> Header:
     h = trace.header or {}
     target = h.get("target") or {}
     b = h.get("binary") or {}
-    binary = " ".join(x for x in (b.get("language"), b.get("go_version"),
+    binary = " ".join(x for x in (b.get("go_version") or b.get("language"),
                                   "stripped" if b.get("stripped") else "") if x)
     return Header(f"PID {target.get('pid')} ({target.get('name')})", binary,
                   h.get("probe", "?"), h.get("backend", "?"))

@@ -67,8 +67,8 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
     top = Text()
     top.append("tracer ", style="bold cyan")
     top.append(f"{header.target}  ", style="bold")
-    top.append(f"{header.binary}  probe {header.probe}  backend {header.backend}  "
-               f"attached {dur(elapsed)}")
+    top.append(f"{header.binary}  probe {header.probe}  {header.backend}  "
+               f"up {dur(elapsed)}")
     if frozen:
         top.append("  [frozen: p to resume]", style="bold yellow")
 
@@ -102,11 +102,11 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
     footer = Text(style="dim")
     if cost is not None:
         per_hit = cost.handler_ns / cost.hits if cost.hits else 0
-        footer.append(f"cost: {cost.hits} hits, agent handler {dur(cost.handler_ns)} "
-                      f"({per_hit / 1000:.0f}µs/hit); written {cost.lines} lines, "
+        footer.append(f"cost: {cost.hits} hits, agent {dur(cost.handler_ns)} "
+                      f"({per_hit / 1000:.0f}µs/hit); trace {cost.lines} lines "
                       f"{cost.bytes / 1024:.0f} KiB")
     if keys:
-        footer.append("   q quit  p freeze  s sort", style="bold")
+        footer.append("  q quit p freeze s sort", style="bold")
 
     last_error = Text(no_wrap=True, overflow="ellipsis")
     if snap.errors:

@@ -1,0 +1,1 @@
+"""Reading, summarising and explaining recorded traces (`tracer report`)."""
