@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from tracer.backends.select import CHOICES, choose_backend
 from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
 from tracer.errors import EXIT_USAGE, UserError
@@ -50,7 +51,7 @@ def _check_output(path: str) -> str:
 
 
 def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
-           plain: bool) -> None:
+           plain: bool, backend: str) -> None:
     from tracer.session.session import Session
     from tracer.session.tracefile import clock_pair
 
@@ -68,7 +69,9 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
         else:
             click.echo(message, err=True)
 
-    session = Session(target, info, plan, output, duration, on_span, on_status)
+    factory, note = choose_backend(backend, info)
+    session = Session(target, info, plan, output, duration, on_span, on_status,
+                      backend_factory=factory, backend_note=note)
     if live:
         outcome = _run_live(session)
         for message in messages:
@@ -101,7 +104,7 @@ def _run_live(session):
             b = h["binary"]
             binary = " ".join(x for x in (b.get("go_version") or b["language"],
                                           "stripped" if b["stripped"] else "") if x)
-        return Header(target, binary, session.plan.probe, "gdb")
+        return Header(target, binary, session.plan.probe, session.backend_name)
 
     def cost() -> Cost | None:
         writer = session.writer
@@ -131,6 +134,10 @@ SYMBOL = click.option("--symbol", "-s", metavar="REGEX",
 NO_ARGS = click.option("--no-args", is_flag=True,
                        help="Record no argument or error values, only times and types.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="Print no line per call.")
+BACKEND = click.option("--backend", "-b", type=click.Choice(CHOICES), default="auto",
+                       show_default=True,
+                       help="The debugger behind the run; auto explains its choice in the "
+                            "trace header.")
 PLAIN = click.option("--plain", is_flag=True,
                      help="A line per finished call instead of the live screen on a terminal.")
 
@@ -149,13 +156,12 @@ def cli() -> None:
 @NO_ARGS
 @QUIET
 @PLAIN
+@BACKEND
 def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
-           no_args: bool, quiet: bool, plain: bool) -> None:
+           no_args: bool, quiet: bool, plain: bool, backend: str) -> None:
     """Attach to a running process and record every reconcile call until Ctrl-C."""
-    from tracer.backends.gdb.backend import find_gdb
     from tracer.session.session import Target
 
-    find_gdb()
     proc = inspect_process(pid)
     info = _analyze(proc.exe, shown=proc.exe_target)
     plan = compile_plan(info, symbol, capture_args=not no_args)
@@ -163,7 +169,7 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
     info.path = plan.binary = proc.exe
     out = _check_output(output or _default_output(proc.name, pid))
     target = Target(pid=pid, name=proc.name, exe=proc.exe_target)
-    _trace(target, info, plan, out, duration, quiet, plain)
+    _trace(target, info, plan, out, duration, quiet, plain, backend)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -174,15 +180,14 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
 @NO_ARGS
 @QUIET
 @PLAIN
+@BACKEND
 def run(command: tuple[str, ...], output: str | None, duration: float | None,
-        symbol: str | None, no_args: bool, quiet: bool, plain: bool) -> None:
+        symbol: str | None, no_args: bool, quiet: bool, plain: bool, backend: str) -> None:
     """Start COMMAND under the tracer (use `--` before it) and record from its first call.
 
     The program ends with the run (Ctrl-C, --duration), like a shell's foreground job."""
-    from tracer.backends.gdb.backend import find_gdb
     from tracer.session.session import Target
 
-    find_gdb()
     program = shutil.which(command[0])
     if program is None:
         raise UserError(f"command not found: {command[0]}")
@@ -191,7 +196,7 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
     name = os.path.basename(program)
     out = _check_output(output or _default_output(name, "run"))
     target = Target(argv=[program, *command[1:]], name=name)
-    _trace(target, info, plan, out, duration, quiet, plain)
+    _trace(target, info, plan, out, duration, quiet, plain, backend)
 
 
 @cli.command()

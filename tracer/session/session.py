@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import tracer
+from tracer.backends.base import Backend
 from tracer.backends.gdb.backend import GdbBackend
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
@@ -56,6 +57,8 @@ class Session:
         duration: float | None = None,
         on_span: Callable[[dict], None] | None = None,
         on_status: Callable[[str], None] | None = None,
+        backend_factory: Callable[[], Backend] = GdbBackend,
+        backend_note: str = "",
     ) -> None:
         self.target = target
         self.info = info
@@ -64,6 +67,9 @@ class Session:
         self.duration = duration
         self.on_span = on_span
         self.on_status = on_status or (lambda message: None)
+        self.backend_factory = backend_factory
+        self.backend_name = getattr(backend_factory, "name", "gdb")
+        self.backend_note = backend_note
         self._stop = threading.Event()
         self._stop_reason = ""
         self._marker_seen = threading.Condition()
@@ -142,7 +148,8 @@ class Session:
                 "dwarf": info.has_dwarf,
                 "pie": info.pie,
             },
-            "backend": "gdb",
+            "backend": self.backend_name,
+            "backend_choice": self.backend_note,
             "probe": self.plan.probe,
             "functions": self.plan.functions,
             "breakpoints": armed,
@@ -170,7 +177,7 @@ class Session:
         return child, release
 
     def run(self) -> Outcome:
-        backend = GdbBackend()
+        backend = self.backend_factory()
         previous = self._install_signals()
         reader: threading.Thread | None = None
         pairer = self.pairer
@@ -289,11 +296,11 @@ class Session:
                        if not left else "warning: gdb died; breakpoints remain in the operator")
         return left
 
-    def _leave(self, backend: GdbBackend, reader: threading.Thread | None) -> None:
+    def _leave(self, backend: Backend, reader: threading.Thread | None) -> None:
         """Whatever happened: detach if still attached, end gdb, let the reader drain."""
         self._leaving = True
         try:
-            if backend.attached and backend.mi is not None and not backend.mi.closed:
+            if backend.attached and backend.alive():
                 if backend.stop_target():
                     backend.detach()
         except Exception as exc:  # noqa: BLE001 - leaving must go on whatever failed

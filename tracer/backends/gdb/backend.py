@@ -226,6 +226,9 @@ class GdbBackend:
         self.attached = False
         return removed
 
+    def alive(self) -> bool:
+        return self.mi is not None and not self.mi.closed and self.mi.proc.poll() is None
+
     def close(self) -> None:
         if self.mi is not None:
             self.mi.close()
