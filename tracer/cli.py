@@ -148,15 +148,16 @@ def cli() -> None:
     """Trace the reconcile calls of a Kubernetes operator from outside, with no change to it."""
 
 
+def trace_options(command):
+    """The options every tracing command takes."""
+    for option in reversed((OUTPUT, DURATION, SYMBOL, NO_ARGS, QUIET, PLAIN, BACKEND)):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("pid", type=int)
-@OUTPUT
-@DURATION
-@SYMBOL
-@NO_ARGS
-@QUIET
-@PLAIN
-@BACKEND
+@trace_options
 def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
            no_args: bool, quiet: bool, plain: bool, backend: str) -> None:
     """Attach to a running process and record every reconcile call until Ctrl-C."""
@@ -174,13 +175,7 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@OUTPUT
-@DURATION
-@SYMBOL
-@NO_ARGS
-@QUIET
-@PLAIN
-@BACKEND
+@trace_options
 def run(command: tuple[str, ...], output: str | None, duration: float | None,
         symbol: str | None, no_args: bool, quiet: bool, plain: bool, backend: str) -> None:
     """Start COMMAND under the tracer (use `--` before it) and record from its first call.

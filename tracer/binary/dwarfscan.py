@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .varint import uvarint
+
 DW_TAG_STRUCTURE_TYPE = 0x13
 DW_TAG_MEMBER = 0x0D
 DW_AT_NAME = 0x03
@@ -37,17 +39,6 @@ _ULEB_BLOCKS = {0x09, 0x18}  # block, exprloc: uleb length
 
 class DwarfFormatError(ValueError):
     pass
-
-
-def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
 
 
 def _sleb(buf: bytes, pos: int) -> tuple[int, int]:
@@ -110,16 +101,16 @@ def _abbrev_table(abbrev: bytes, offset: int) -> dict[int, _Abbrev]:
     table: dict[int, _Abbrev] = {}
     pos = offset
     while True:
-        code, pos = _uleb(abbrev, pos)
+        code, pos = uvarint(abbrev, pos)
         if code == 0:
             return table
-        tag, pos = _uleb(abbrev, pos)
+        tag, pos = uvarint(abbrev, pos)
         children = abbrev[pos] != 0
         pos += 1
         attrs = []
         while True:
-            attr, pos = _uleb(abbrev, pos)
-            form, pos = _uleb(abbrev, pos)
+            attr, pos = uvarint(abbrev, pos)
+            form, pos = uvarint(abbrev, pos)
             const = 0
             if form == DW_FORM_IMPLICIT_CONST:
                 const, pos = _sleb(abbrev, pos)
@@ -137,14 +128,14 @@ class _DieReader:
         """(decoded value or raw bytes, next position) of one attribute."""
         buf = self.info
         if form == DW_FORM_INDIRECT:
-            form, pos = _uleb(buf, pos)
+            form, pos = uvarint(buf, pos)
         if form == DW_FORM_STRING:
             end = buf.index(b"\0", pos)
             return buf[pos:end], end + 1
         if form == DW_FORM_IMPLICIT_CONST:
             return const, pos
         if form in _ULEB_FORMS:
-            return _uleb(buf, pos)
+            return uvarint(buf, pos)
         if form in _SLEB_FORMS:
             return _sleb(buf, pos)
         if form in _BLOCK_LEN:
@@ -152,7 +143,7 @@ class _DieReader:
             length = int.from_bytes(buf[pos:pos + n], "little")
             return buf[pos + n:pos + n + length], pos + n + length
         if form in _ULEB_BLOCKS:
-            length, pos = _uleb(buf, pos)
+            length, pos = uvarint(buf, pos)
             return buf[pos:pos + length], pos + length
         size = _FIXED.get(form)
         if size is None:
@@ -168,7 +159,7 @@ class _DieReader:
 
     def die(self, pos: int) -> tuple[_Abbrev | None, dict[int, object], int]:
         """(abbrev or None for a null entry, {attr: value}, position after the DIE)."""
-        code, pos = _uleb(self.info, pos)
+        code, pos = uvarint(self.info, pos)
         if code == 0:
             return None, {}, pos
         ab = self.abbrevs.get(code)
@@ -199,7 +190,7 @@ def _member_offset(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, bytes) and value and value[0] == DW_OP_PLUS_UCONST:
-        return _uleb(value, 1)[0]
+        return uvarint(value, 1)[0]
     return None
 
 
@@ -222,7 +213,7 @@ def struct_member_offset(info: bytes, abbrev: bytes, struct_name: str,
             for back in (1, 2, 3):  # the abbrev code is a short ULEB right before the name
                 start = hit - back
                 try:
-                    code, after = _uleb(info, start)
+                    code, after = uvarint(info, start)
                     ab = reader.abbrevs.get(code)
                     if after != hit or ab is None or ab.tag != DW_TAG_STRUCTURE_TYPE \
                             or not ab.attrs or ab.attrs[0][:2] != (DW_AT_NAME, DW_FORM_STRING):

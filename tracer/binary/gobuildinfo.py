@@ -17,26 +17,13 @@ from collections.abc import Callable
 
 from .elfimage import SHF_WRITE, ElfImage
 from .model import BinaryError
+from .varint import uvarint
 
 MAGIC = b"\xff Go buildinf:"
 HEADER_SIZE = 32
 _ALIGN = 16
 
 Reader = Callable[[int, int], bytes]
-
-
-def uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Decode a Go/protobuf uvarint; returns (value, next_pos). ValueError if truncated."""
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
 
 
 def decode_blob(blob: bytes, read: Reader) -> tuple[str, str] | None:

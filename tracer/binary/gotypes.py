@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from .varint import uvarint
+
 Read = Callable[[int, int], bytes]
 
 TYPE_SIZE = 48
@@ -52,17 +54,10 @@ def _u64(read: Read, addr: int) -> int:
 def read_name(read: Read, addr: int) -> str:
     """Decode an abi.Name: flags byte, uvarint length, bytes."""
     head = read(addr, 1 + 10)  # flags + the longest uvarint we accept
-    length = shift = 0
-    pos = 1
-    while True:
-        if pos >= len(head) or shift > 28:
-            raise TypeDecodeError(f"bad name length at {addr:#x}")
-        b = head[pos]
-        pos += 1
-        length |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
+    try:
+        length, pos = uvarint(head, 1)
+    except ValueError:
+        raise TypeDecodeError(f"bad name length at {addr:#x}") from None
     if length > _MAX_NAME:
         raise TypeDecodeError(f"implausible name length {length} at {addr:#x}")
     return read(addr + pos, length).decode("utf-8", "replace") if length else ""

@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime as dt
 
 
-def _duration(ns: int | None) -> str:
+def duration(ns: int | None, space: str = " ", digits: int = 2) -> str:
+    """A duration for people: µs, ms, s, then minutes."""
     if ns is None:
         return "-"
     if ns < 1_000_000:
-        return f"{ns / 1000:.0f} µs"
+        return f"{ns / 1000:.0f}{space}µs"
     if ns < 1_000_000_000:
-        return f"{ns / 1_000_000:.2f} ms"
-    return f"{ns / 1_000_000_000:.2f} s"
+        return f"{ns / 1_000_000:.{digits}f}{space}ms"
+    if ns < 120_000_000_000:
+        return f"{ns / 1_000_000_000:.{digits}f}{space}s"
+    return f"{ns / 60_000_000_000:.0f}{space}min"
 
 
 def outcome(span: dict) -> str:
@@ -28,7 +31,7 @@ def outcome(span: dict) -> str:
     result = span.get("result")
     if result:
         if result.get("requeue_after_ns"):
-            return f"requeue after {_duration(result['requeue_after_ns'])}"
+            return f"requeue after {duration(result['requeue_after_ns'])}"
         if result.get("requeue"):
             return "requeue"
     if "return" in span and span["return"] is not None:
@@ -53,5 +56,5 @@ class LineFormatter:
             what = span["function"].rsplit("/", 1)[-1]
         worker = (f"g{span['goroutine']}" if span.get("goroutine") is not None
                   else f"t{span.get('thread')}")
-        return (f"{wall:%H:%M:%S.%f}  {what:<28} {_duration(span.get('duration_ns')):>10}  "
+        return (f"{wall:%H:%M:%S.%f}  {what:<28} {duration(span.get('duration_ns')):>10}  "
                 f"{worker:<6} {outcome(span)}")

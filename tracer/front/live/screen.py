@@ -10,22 +10,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tracer.front.lines import outcome
+from tracer.front.lines import duration, outcome
 from tracer.front.live.state import ObjectStats, Snapshot
 
 SORTS = ["recent", "calls", "time", "name"]
 
 
 def dur(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    if ns < 1_000_000:
-        return f"{ns / 1000:.0f}µs"
-    if ns < 1_000_000_000:
-        return f"{ns / 1_000_000:.1f}ms"
-    if ns < 120_000_000_000:
-        return f"{ns / 1_000_000_000:.1f}s"
-    return f"{ns / 60_000_000_000:.0f}m"
+    """Durations in table cells: narrow."""
+    return duration(ns, space="", digits=1)
 
 
 def short_function(name: str) -> str:
