@@ -7,6 +7,8 @@ import signal
 import pytest
 from helpers import (
     GO_BUILDS,
+    check_fields,
+    match_spans,
     read_lines,
     run_tracer,
     sample,
@@ -20,39 +22,6 @@ KNOBS = [
     "-error-every", "9", "-requeue-every", "13", "-requeue-after-every", "17",
     "-recurse-every", "23", "-panic-every", "101", "-linger",
 ]
-
-
-def match_spans(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
-    """Each true call to the one span on its goroutine that contains it; fails on none or two."""
-    by_goroutine: dict[int, list[dict]] = {}
-    for span in spans:
-        by_goroutine.setdefault(span["goroutine"], []).append(span)
-    matched: dict[int, dict] = {}
-    used: set[int] = set()
-    for call in truth:
-        candidates = [
-            s for s in by_goroutine.get(call["goroutine"], [])
-            if s["end_ns"] is not None
-            and s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]
-        ]
-        assert len(candidates) == 1, f"call {call} has {len(candidates)} spans"
-        span = candidates[0]
-        assert span["id"] not in used, f"span {span} holds two calls"
-        used.add(span["id"])
-        matched[call["seq"]] = span
-    return matched
-
-
-def check_fields(call: dict, span: dict) -> None:
-    assert span["request"] == {"namespace": call["namespace"], "name": call["name"]}
-    if call["panic"] is not None:
-        assert span["status"] == "panic"
-        assert span["panic"]["message"] == call["panic"]
-        return
-    assert span["result"] == {"requeue": call["requeue"],
-                              "requeue_after_ns": call["requeue_after_ns"]}
-    assert span["error"] == call["error"]
-    assert span["status"] == ("error" if call["error"] else "ok")
 
 
 @pytest.mark.parametrize("build", GO_BUILDS)

@@ -84,7 +84,7 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
         f"{outcome.unfinished} unfinished, written to {outcome.output}",
         err=True,
     )
-    if outcome.reason == "debugger-died":
+    if outcome.reason in ("debugger-died", "write-failed"):
         sys.exit(1)
 
 

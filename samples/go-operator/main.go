@@ -29,7 +29,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -208,6 +210,9 @@ func main() {
 	gtPath := flag.String("ground-truth", "", "write one JSON line per Reconcile call to FILE")
 	waitSignal := flag.Bool("wait-signal", false, "print 'ready pid=<pid>' and wait for SIGUSR1 before producing")
 	linger := flag.Bool("linger", false, "after all work is done stay idle until SIGINT/SIGTERM")
+	thenExec := flag.Bool("then-exec", false, "after all work is done exec this binary again with -calls 1 -linger")
+	spawnEvery := flag.Int("spawn-every", 0, "every S-th event also runs /bin/true as a child process (fork+exec)")
+	threadChurnEvery := flag.Int("thread-churn-every", 0, "every T-th event a goroutine locks its OS thread and exits, ending the thread")
 	flag.Parse()
 	if *workers < 1 || *objects < 1 || *calls < 0 || *rate < 0 {
 		fmt.Fprintln(os.Stderr, "sample-operator: -workers and -objects must be >= 1, -calls and -rate >= 0")
@@ -272,12 +277,25 @@ func main() {
 				Name:      fmt.Sprintf("obj-%d", i%*objects),
 			}}
 			c.queue.Add(item{req, "event"})
+			if *spawnEvery > 0 && (i+1)%*spawnEvery == 0 {
+				go func() { _ = exec.Command("/bin/true").Run() }()
+			}
+			if *threadChurnEvery > 0 && (i+1)%*threadChurnEvery == 0 {
+				// A goroutine that exits while locked to its thread takes the thread with it.
+				go func() { runtime.LockOSThread() }()
+			}
 		}
 		c.queue.ProducerDone()
 	}()
 
 	<-c.queue.idle
 	gt.Finish()
+	if *thenExec {
+		self, _ := os.Executable()
+		err := syscall.Exec(self, []string{os.Args[0], "-calls", "1", "-linger"}, os.Environ())
+		fmt.Fprintln(os.Stderr, "sample-operator: exec:", err)
+		os.Exit(1)
+	}
 	if *linger {
 		select {} // the signal goroutine exits on SIGINT/SIGTERM
 	}

@@ -206,7 +206,7 @@ class Session:
             self._on_debugger_death = on_death
             armed = backend.arm(self.plan, bias)
             # The file is created only once the operator is traced: bad input leaves none.
-            self.writer = TraceWriter(self.output)
+            self.writer = TraceWriter(self.output, on_error=self._write_failed)
             reader = threading.Thread(target=self._read_hits, args=(backend.hits_fd, pairer),
                                       name="tracer-hits", daemon=True)
             reader.start()
@@ -242,8 +242,9 @@ class Session:
                     if not self._wait_marker(marker, 10):
                         self.on_status("warning: the agent's last hits did not arrive in 10 s")
                     removed = backend.detach()
-                    altered = altered_code(pid, self.info.path,
-                                           self.plan.breakpoint_addresses(0), bias)
+                    if reason != "target-exec":  # a new program: the file's bytes no longer apply
+                        altered = altered_code(pid, self.info.path,
+                                               self.plan.breakpoint_addresses(0), bias)
                 elif backend.exited:
                     reason = "target-exited"
         except UserError:
@@ -277,6 +278,11 @@ class Session:
             )
         return Outcome(reason, pairer.stats.spans, len(unfinished), self.output,
                        backend.exit_status())
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.on_status(f"error: cannot write the trace file ({exc.strerror}): recording "
+                       "stopped, detaching; the file holds what was written before")
+        self.request_stop("write-failed")
 
     def _repair(self, pid: int, bias: int) -> list[int] | None:
         """gdb died attached: its int3 bytes are still in the operator, which would die of

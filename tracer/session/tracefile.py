@@ -26,8 +26,10 @@ def clock_pair() -> dict:
 class TraceWriter:
     """Writes lines as they come; readable by the user alone, as traces hold object names."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_error=None) -> None:
         self.path = path
+        self.on_error = on_error
+        self.error: OSError | None = None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
@@ -43,17 +45,33 @@ class TraceWriter:
         with self._lock:
             if self.closed:
                 return
-            self._file.write(line)
+            try:
+                self._file.write(line)
+            except OSError as exc:
+                # Disk full or gone: stop recording, keep what is on disk, and say why; the
+                # session detaches rather than run the operator's breakpoints for nothing.
+                self.error = exc
+                self.closed = True
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                if self.on_error:
+                    self.on_error(exc)
+                return
             self.lines += 1
             self.bytes += len(line)
 
     def close(self) -> None:
         with self._lock:
             if not self.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
                 self.closed = True
+                try:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+                    self._file.close()
+                except OSError as exc:
+                    self.error = exc
 
 
 @dataclass

@@ -54,6 +54,10 @@ def inspect_process(pid: int) -> ProcessInfo:
     state = status_field(pid, "State") or ""
     if state.startswith("Z"):
         raise UserError(f"process {pid} has exited (zombie): nothing to trace")
+    if state.startswith("T"):
+        # gdb resumes a stopped process when it attaches: that would change the operator.
+        raise UserError(f"process {pid} is stopped (state T); attaching would resume it: "
+                        f"continue it first (kill -CONT {pid}) if that is what you want")
     exe = f"/proc/{pid}/exe"
     try:
         target = os.readlink(exe)

@@ -74,6 +74,7 @@ class GdbBackend:
         self.attached = False
         self.running = False
         self.exited: dict | None = None
+        self.exec_seen: dict | None = None
         self._plan_file: str | None = None
         self._marker = 0
 
@@ -137,6 +138,9 @@ class GdbBackend:
         armed = [line for line in result.console if line.startswith("tracer-armed")]
         if not armed:
             raise UserError("the gdb agent did not arm: " + " ".join(result.console).strip())
+        # After an exec the plan's addresses mean nothing, yet gdb would put its breakpoints
+        # back at them in the new program: stop there instead, and leave.
+        self.mi.console("catch exec")
         return int(armed[0].split()[1])
 
     def resume(self) -> None:
@@ -165,7 +169,9 @@ class GdbBackend:
         assert self.mi is not None
         for record in self.mi.poll(timeout):
             payload = record.get("payload") or {}
-            if record.get("message") == "stopped" and payload.get("reason") in EXIT_REASONS:
+            if record.get("message") == "stopped" and payload.get("reason") == "exec":
+                self.exec_seen = payload
+            elif record.get("message") == "stopped" and payload.get("reason") in EXIT_REASONS:
                 self.exited = payload
                 self.attached = False
                 self.running = False
@@ -175,6 +181,8 @@ class GdbBackend:
                 self.running = False
         if self.exited is not None:
             return "target-exited"
+        if self.exec_seen is not None:
+            return "target-exec"
         if self.mi.closed or self.mi.proc.poll() is not None:
             return "debugger-died"
         return None

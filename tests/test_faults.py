@@ -1,0 +1,151 @@
+"""Faults around a traced operator: it execs, forks, churns threads, is stopped, is traced
+twice, the disk fills up, the machine is busy. Whatever happens, it keeps running untraced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import (
+    alive,
+    check_fields,
+    match_spans,
+    read_lines,
+    run_tracer,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
+
+from tracer.binary.analyze import analyze
+from tracer.probes.compile import compile_plan
+from tracer.targets.process import altered_code
+
+BUILD = "go1.27/sample-operator"
+
+
+def breakpoints_left(op) -> list[int]:
+    plan = compile_plan(analyze(str(op.binary)))
+    return altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0)
+
+
+def traced_run(op, tracer_cmd, tmp_path, *extra: str):
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "-q", *extra)
+    wait_for_header(trace, run)
+    return trace, run
+
+
+def test_operator_execs_itself(operator, tracer_cmd, tmp_path):
+    """After an exec the plan's addresses are meaningless; gdb would re-insert breakpoints
+    at them in the new program. The tracer stops at the exec, removes them and leaves."""
+    op = operator(BUILD, "-workers", "2", "-calls", "200", "-then-exec")
+    trace, run = traced_run(op, tracer_cmd, tmp_path)
+    op.start_work()
+    assert run.wait(60) == 0, run.stderr()
+    end = read_lines(trace)[-1]
+    assert end["type"] == "end" and end["reason"] == "target-exec"
+    # The same PID now runs the binary again (-calls 1 -linger): untraced, no int3 anywhere.
+    wait_until(lambda: b"-linger" in open(f"/proc/{op.pid}/cmdline", "rb").read(), 10,
+               "the exec'd program")
+    time.sleep(0.5)
+    assert alive(op.pid) and tracer_pid(op.pid) == 0
+    assert breakpoints_left(op) == []
+    spans = [r for r in read_lines(trace) if r["type"] == "span"]
+    assert len(spans) == len(op.calls())
+
+
+def test_forks_and_thread_churn_while_traced(operator, tracer_cmd, tmp_path):
+    op = operator(BUILD, "-workers", "4", "-calls", "800", "-error-every", "9",
+                  "-spawn-every", "40", "-thread-churn-every", "25", "-linger")
+    trace, run = traced_run(op, tracer_cmd, tmp_path)
+    op.start_work()
+    wait_until(op.done, 120, "the operator to finish")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    spans = [r for r in read_lines(trace) if r["type"] == "span"]
+    truth = op.calls()
+    assert len(spans) == len(truth)
+    matched = match_spans(truth, spans)
+    for call in truth:
+        check_fields(call, matched[call["seq"]])
+    assert tracer_pid(op.pid) == 0 and breakpoints_left(op) == []
+    # Its own children's SIGCHLD is the operator's business; nothing else may arrive.
+    assert [s for s in op.stray_signals() if s != "signal: child exited"] == []
+
+
+def test_a_stopped_operator_is_left_stopped(operator, tmp_path):
+    op = operator(BUILD, "-linger")
+    os.kill(op.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "T (stopped)" in open(f"/proc/{op.pid}/status").read(), 5, "stop")
+        result = run_tracer("attach", str(op.pid), cwd=tmp_path)
+        assert result.returncode == 2
+        assert "is stopped" in result.stderr and "kill -CONT" in result.stderr
+        assert "T (stopped)" in open(f"/proc/{op.pid}/status").read()
+    finally:
+        os.kill(op.pid, signal.SIGCONT)
+
+
+def test_a_second_tracer_is_told_who_traces(operator, tracer_cmd, tmp_path):
+    op = operator(BUILD, "-linger")
+    trace, run = traced_run(op, tracer_cmd, tmp_path)
+    gdb = tracer_pid(op.pid)
+    second = run_tracer("attach", str(op.pid), "-o", str(tmp_path / "second.jsonl"))
+    assert second.returncode == 2
+    assert f"already traced by PID {gdb} (gdb)" in second.stderr
+    assert not (tmp_path / "second.jsonl").exists()
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(30) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_stops_recording_and_detaches(operator, tracer_cmd, tmp_path):
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tracer-test", str(disk)],
+                   check=True)
+    try:
+        op = operator(BUILD, "-workers", "4", "-calls", "0", "-rate", "500", "-linger")
+        op.start_work()
+        trace = disk / "trace.jsonl"
+        run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "-q")
+        assert run.wait(60) == 1
+        assert "cannot write the trace file (No space left on device)" in run.stderr()
+        assert "ended (write-failed)" in run.stderr()
+        assert alive(op.pid) and tracer_pid(op.pid) == 0 and breakpoints_left(op) == []
+        # What did get written reads back up to its last whole line.
+        from tracer.session.tracefile import read_trace
+
+        kept = read_trace(str(trace))
+        assert kept.header is not None and len(kept.spans) > 50
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_every_call_with_the_machine_busy(operator, tracer_cmd, tmp_path):
+    """Both cores busy with other work: slower, but still every call exactly once."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        op = operator(BUILD, "-workers", "4", "-calls", "600", "-error-every", "7",
+                      "-requeue-every", "11", "-panic-every", "97", "-recurse-every", "23",
+                      "-linger")
+        trace, run = traced_run(op, tracer_cmd, tmp_path)
+        op.start_work()
+        wait_until(op.done, 180, "the operator to finish")
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait(60) == 0, run.stderr()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    spans = [r for r in read_lines(trace) if r["type"] == "span"]
+    truth = op.calls()
+    assert len(spans) == len(truth)
+    matched = match_spans(truth, spans)
+    for call in truth:
+        check_fields(call, matched[call["seq"]])
