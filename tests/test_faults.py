@@ -35,7 +35,9 @@ def breakpoints_left(op) -> list[int]:
 
 def traced_run(op, tracer_cmd, tmp_path, *extra: str):
     trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "-q", *extra)
+    # Decoding is what these tests check: no pause budget dropping it on a slow run.
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "-q", "--max-stopped", "off",
+                     *extra)
     wait_for_header(trace, run)
     return trace, run
 
@@ -149,3 +151,38 @@ def test_every_call_with_the_machine_busy(operator, tracer_cmd, tmp_path):
     matched = match_spans(truth, spans)
     for call in truth:
         check_fields(call, matched[call["seq"]])
+
+
+def test_pause_budget_degrades_then_detaches(operator, tracer_cmd, tmp_path):
+    """An operator calling Reconcile flat out, a 1% budget over 1 s windows: the first window
+    over budget drops the names and messages, the second detaches, and the operator's rate
+    comes back."""
+    op = operator(BUILD, "-workers", "4", "-calls", "0", "-objects", "20")
+    op.start_work()
+    time.sleep(0.5)
+
+    def rate(seconds: float = 1.0) -> float:
+        before = op.truth.read_bytes().count(b"\n")
+        time.sleep(seconds)
+        return (op.truth.read_bytes().count(b"\n") - before) / seconds
+
+    untraced = rate()
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "-o", str(trace), "-q", "--max-stopped", "1%",
+                     "--budget-window", "1")
+    wait_for_header(trace, run)
+    traced = rate()
+    assert run.wait(30) == 1
+    assert "recording times and types only" in run.stderr()
+    assert "detaching to spare the operator" in run.stderr()
+    records = read_lines(trace)
+    budget = [r for r in records if r["type"] == "budget"]
+    assert [b["action"] for b in budget] == ["degrade", "detach"]
+    assert all(b["share"] > 0.01 for b in budget)
+    assert records[-1]["reason"] == "pause-budget" and records[-1]["code_restored"] is True
+    degraded_at = budget[0]["clock"]["monotonic_ns"]
+    late = [s for s in records if s["type"] == "span" and s["start_ns"] > degraded_at + 10**8]
+    assert late and all(s["request"] is None for s in late)
+    assert tracer_pid(op.pid) == 0 and breakpoints_left(op) == []
+    recovered = rate()
+    assert recovered > 2 * traced and recovered > 0.5 * untraced, (untraced, traced, recovered)

@@ -28,7 +28,8 @@ KNOBS = [
 def test_every_call_once_with_its_fields(build, operator, tracer_cmd, tmp_path):
     op = operator(build, *KNOBS)
     trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet")
+    run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
+                     "--max-stopped", "off")
     header = wait_for_header(trace, run)
     assert header["binary"]["language"] == "go"
     assert header["probe"] == "controller-runtime"
@@ -67,7 +68,8 @@ def test_run_traces_from_the_first_call(tmp_path):
     truth_file = tmp_path / "truth.jsonl"
     trace = tmp_path / "trace.jsonl"
     result = run_tracer(
-        "run", "-o", str(trace), "-q", "--", str(sample("go1.27/sample-operator")),
+        "run", "-o", str(trace), "-q", "--max-stopped", "off", "--",
+        str(sample("go1.27/sample-operator")),
         "-workers", "4", "-calls", "500", "-error-every", "7", "-requeue-every", "11",
         "-panic-every", "97", "-ground-truth", str(truth_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -28,7 +28,8 @@ def check_against_truth(truth: list[dict], spans: list[dict]) -> None:
 def test_attach_two_threads(operator, tracer_cmd, tmp_path):
     op = operator("c/c-operator", "-threads", "2", "-calls", "2000", "-linger")
     trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--symbol", "^reconcile$", "-o", str(trace), "-q")
+    run = tracer_cmd("attach", str(op.pid), "--symbol", "^reconcile$", "-o", str(trace), "-q",
+                     "--max-stopped", "off")
     header = wait_for_header(trace, run)
     assert header["binary"]["language"] == "native" and header["binary"]["pie"] is True
     op.start_work()

@@ -51,7 +51,7 @@ def _check_output(path: str) -> str:
 
 
 def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
-           plain: bool, backend: str) -> None:
+           plain: bool, backend: str, budget: tuple[float, float]) -> None:
     from tracer.session.session import Session
     from tracer.session.tracefile import clock_pair
 
@@ -71,7 +71,8 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
 
     factory, note = choose_backend(backend, info)
     session = Session(target, info, plan, output, duration, on_span, on_status,
-                      backend_factory=factory, backend_note=note)
+                      backend_factory=factory, backend_note=note, max_stopped=budget[0],
+                      budget_window=budget[1])
     if live:
         outcome = _run_live(session)
         for message in messages:
@@ -84,7 +85,7 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
         f"{outcome.unfinished} unfinished, written to {outcome.output}",
         err=True,
     )
-    if outcome.reason in ("debugger-died", "write-failed"):
+    if outcome.reason in ("debugger-died", "write-failed", "pause-budget"):
         sys.exit(1)
 
 
@@ -138,6 +139,32 @@ BACKEND = click.option("--backend", "-b", type=click.Choice(CHOICES), default="a
                        show_default=True,
                        help="The debugger behind the run; auto explains its choice in the "
                             "trace header.")
+class Percent(click.ParamType):
+    name = "PERCENT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().rstrip("%")
+        if text.lower() == "off":
+            return 0.0
+        try:
+            share = float(text) / 100
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage like 5%", param, ctx)
+        if not 0 <= share < 1:
+            self.fail(f"{value!r} must be from 0% (off) to below 100%", param, ctx)
+        return share
+
+
+MAX_STOPPED = click.option(
+    "--max-stopped", type=Percent(), default="5%", show_default=True,
+    help="Pause budget: when the operator spends more than this share of a window stopped "
+         "by the tracer, drop optional decoding; when it happens again, detach. 0 or off "
+         "disables it.")
+BUDGET_WINDOW = click.option("--budget-window", type=click.FloatRange(min=0.5), default=10.0,
+                             show_default=True, metavar="SECONDS",
+                             help="The window the pause budget is measured over.")
 PLAIN = click.option("--plain", is_flag=True,
                      help="A line per finished call instead of the live screen on a terminal.")
 
@@ -150,7 +177,8 @@ def cli() -> None:
 
 def trace_options(command):
     """The options every tracing command takes."""
-    for option in reversed((OUTPUT, DURATION, SYMBOL, NO_ARGS, QUIET, PLAIN, BACKEND)):
+    for option in reversed((OUTPUT, DURATION, SYMBOL, NO_ARGS, QUIET, PLAIN, BACKEND,
+                            MAX_STOPPED, BUDGET_WINDOW)):
         command = option(command)
     return command
 
@@ -159,7 +187,8 @@ def trace_options(command):
 @click.argument("pid", type=int)
 @trace_options
 def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
-           no_args: bool, quiet: bool, plain: bool, backend: str) -> None:
+           no_args: bool, quiet: bool, plain: bool, backend: str, max_stopped: float,
+           budget_window: float) -> None:
     """Attach to a running process and record every reconcile call until Ctrl-C."""
     from tracer.session.session import Target
 
@@ -170,14 +199,16 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
     info.path = plan.binary = proc.exe
     out = _check_output(output or _default_output(proc.name, pid))
     target = Target(pid=pid, name=proc.name, exe=proc.exe_target)
-    _trace(target, info, plan, out, duration, quiet, plain, backend)
+    _trace(target, info, plan, out, duration, quiet, plain, backend,
+           (max_stopped, budget_window))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @trace_options
 def run(command: tuple[str, ...], output: str | None, duration: float | None,
-        symbol: str | None, no_args: bool, quiet: bool, plain: bool, backend: str) -> None:
+        symbol: str | None, no_args: bool, quiet: bool, plain: bool, backend: str,
+        max_stopped: float, budget_window: float) -> None:
     """Start COMMAND under the tracer (use `--` before it) and record from its first call.
 
     The program ends with the run (Ctrl-C, --duration), like a shell's foreground job."""
@@ -191,7 +222,8 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
     name = os.path.basename(program)
     out = _check_output(output or _default_output(name, "run"))
     target = Target(argv=[program, *command[1:]], name=name)
-    _trace(target, info, plan, out, duration, quiet, plain, backend)
+    _trace(target, info, plan, out, duration, quiet, plain, backend,
+           (max_stopped, budget_window))
 
 
 @cli.command()

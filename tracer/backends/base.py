@@ -52,6 +52,12 @@ class Backend(Protocol):
         """Remove every breakpoint and detach, leaving the operator running; returns how
         many breakpoints were removed."""
 
+    def set_capture(self, on: bool) -> None:
+        """Turn optional decoding (names, error messages) on or off while running."""
+
+    def cpu_seconds(self) -> float:
+        """CPU time the debugger has used: the pause budget's measure of stopped time."""
+
     def alive(self) -> bool:
         """The debugger still answers (so a detach can still be tried)."""
 

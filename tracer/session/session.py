@@ -18,6 +18,7 @@ from tracer.backends.gdb.backend import GdbBackend
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes.plan import Plan
+from tracer.session.budget import PauseBudget
 from tracer.session.pairing import Hit, Pairer
 from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
 from tracer.targets.process import altered_code, load_bias, restore_code
@@ -59,6 +60,8 @@ class Session:
         on_status: Callable[[str], None] | None = None,
         backend_factory: Callable[[], Backend] = GdbBackend,
         backend_note: str = "",
+        max_stopped: float | None = 0.05,
+        budget_window: float = 10.0,
     ) -> None:
         self.target = target
         self.info = info
@@ -70,6 +73,8 @@ class Session:
         self.backend_factory = backend_factory
         self.backend_name = getattr(backend_factory, "name", "gdb")
         self.backend_note = backend_note
+        self.max_stopped = max_stopped
+        self.budget_window = budget_window
         self._stop = threading.Event()
         self._stop_reason = ""
         self._marker_seen = threading.Condition()
@@ -220,7 +225,12 @@ class Session:
                 f"writing {self.output}; Ctrl-C to detach"
             )
             deadline = None if self.duration is None else time.monotonic() + self.duration
+            budget = None if not self.max_stopped else PauseBudget(
+                self.max_stopped, self.budget_window, backend.cpu_seconds, time.monotonic)
             while True:
+                if budget is not None and self._over_budget(budget, backend):
+                    reason = "pause-budget"
+                    break
                 end = backend.poll(0.2)
                 if end:
                     reason = end
@@ -278,6 +288,23 @@ class Session:
             )
         return Outcome(reason, pairer.stats.spans, len(unfinished), self.output,
                        backend.exit_status())
+
+    def _over_budget(self, budget: PauseBudget, backend: Backend) -> bool:
+        """Degrade, then detach, when the operator was stopped too long in a window."""
+        verdict = budget.check()
+        if verdict is None or verdict.action is None:
+            return False
+        limit = f"{verdict.share:.1%} of the last {budget.window_s:g} s stopped by the tracer " \
+                f"(budget {budget.max_share:.1%})"
+        assert self.writer is not None
+        self.writer.write({"type": "budget", "clock": clock_pair(), "share": verdict.share,
+                           "max_share": budget.max_share, "action": verdict.action})
+        if verdict.action == "degrade":
+            backend.set_capture(False)
+            self.on_status(f"warning: {limit}: recording times and types only from now on")
+            return False
+        self.on_status(f"warning: {limit} again: detaching to spare the operator")
+        return True
 
     def _write_failed(self, exc: OSError) -> None:
         self.on_status(f"error: cannot write the trace file ({exc.strerror}): recording "

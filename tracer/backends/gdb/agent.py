@@ -257,6 +257,13 @@ def tracer_marker(n: int) -> None:
         _agent.emit(json.dumps({"marker": n, "hits": _agent.hits, "errors": _agent.errors}))
 
 
+def tracer_capture(on: bool) -> None:
+    """Turn the optional decoding (names, messages) on or off while running."""
+    if _agent is not None:
+        _agent.capture_args = on
+    print(f"tracer-capture {int(on)}")
+
+
 def tracer_disarm() -> None:
     removed = _agent.disarm() if _agent is not None else 0
     print(f"tracer-disarmed {removed}")

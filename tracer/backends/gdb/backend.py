@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from tracer.backends.gdb.mi import MIConnection, MIError
 from tracer.errors import UserError
 from tracer.probes.plan import Plan
@@ -233,6 +235,19 @@ class GdbBackend:
         self.mi.send("-target-detach", timeout=30)
         self.attached = False
         return removed
+
+    def set_capture(self, on: bool) -> None:
+        assert self.mi is not None
+        self.mi.console(f"python tracer_capture({bool(on)})")
+
+    def cpu_seconds(self) -> float:
+        """gdb's CPU time so far: what handling the operator's stops has cost."""
+        assert self.mi is not None
+        try:
+            times = psutil.Process(self.mi.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system
 
     def alive(self) -> bool:
         return self.mi is not None and not self.mi.closed and self.mi.proc.poll() is None
