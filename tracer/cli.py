@@ -216,6 +216,8 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
 
     program = shutil.which(command[0])
     if program is None:
+        if os.path.isfile(command[0]):
+            raise UserError(f"{command[0]} is not executable: chmod +x it, or name a program")
         raise UserError(f"command not found: {command[0]}")
     info = _analyze(os.path.realpath(program))
     plan = compile_plan(info, symbol, capture_args=not no_args)
