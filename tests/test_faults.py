@@ -16,6 +16,7 @@ from helpers import (
     match_spans,
     read_lines,
     run_tracer,
+    sample,
     tracer_pid,
     wait_for_header,
     wait_until,
@@ -26,6 +27,10 @@ from tracer.probes.compile import compile_plan
 from tracer.targets.process import altered_code
 
 BUILD = "go1.27/sample-operator"
+
+
+def sample_bytes(rel: str) -> bytes:
+    return sample(rel).read_bytes()
 
 
 def breakpoints_left(op) -> list[int]:
@@ -186,3 +191,37 @@ def test_pause_budget_degrades_then_detaches(operator, tracer_cmd, tmp_path):
     assert tracer_pid(op.pid) == 0 and breakpoints_left(op) == []
     recovered = rate()
     assert recovered > 2 * traced and recovered > 0.5 * untraced, (untraced, traced, recovered)
+
+
+def test_calls_in_flight_at_detach_are_written_unfinished(operator, tracer_cmd, tmp_path):
+    op = operator("c/c-operator", "-threads", "2", "-calls", "0", "-work-us", "300000")
+    op.start_work()
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--symbol", "^reconcile$", "-o", str(trace), "-q")
+    wait_for_header(trace, run)
+    time.sleep(1.2)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(30) == 0, run.stderr()
+    records = read_lines(trace)
+    spans = [r for r in records if r["type"] == "span"]
+    unfinished = [s for s in spans if s["status"] == "unfinished"]
+    # Two threads each inside a 0.3 s call at almost any instant.
+    assert 1 <= len(unfinished) <= 2
+    assert all(s["end_ns"] is None and s["duration_ns"] is None for s in unfinished)
+    assert records[-1]["unfinished"] == len(unfinished)
+    assert any(s["status"] == "ok" for s in spans)
+
+
+def test_hostile_paths_are_never_pasted_into_gdb_commands(tmp_path):
+    """A program path with spaces, quotes, a newline-free shell and gdb metacharacters."""
+    folder = tmp_path / 'we"ird $(touch pwned); name'
+    folder.mkdir()
+    program = folder / "op `x` 'y'"
+    program.write_bytes(sample_bytes("c/c-operator"))
+    program.chmod(0o755)
+    trace = tmp_path / "trace.jsonl"
+    result = run_tracer("run", "--symbol", "^reconcile$", "-o", str(trace), "-q", "--",
+                        str(program), "-threads", "2", "-calls", "50", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sum(1 for r in read_lines(trace) if r["type"] == "span") == 50
+    assert not (tmp_path / "pwned").exists() and not (folder / "pwned").exists()
