@@ -276,6 +276,7 @@ class Session:
                     "unfinished": len(unfinished),
                     "pairing": asdict(pairer.stats),
                     "agent_errors": len(self.agent_errors),
+                    "agent_handler_ns": self.handler_ns,
                     "breakpoints_removed": removed,
                     "code_restored": None if altered is None else not altered,
                 })
