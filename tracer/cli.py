@@ -85,7 +85,11 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
         f"{outcome.unfinished} unfinished, written to {outcome.output}",
         err=True,
     )
-    if outcome.reason in ("debugger-died", "write-failed", "pause-budget"):
+    if outcome.code_restored is False:
+        click.echo("tracer: error: breakpoint bytes are still in the operator after "
+                   "detaching; it will crash on its next call there", err=True)
+    if outcome.code_restored is False or outcome.reason in (
+            "debugger-died", "write-failed", "pause-budget", "error"):
         sys.exit(1)
 
 
@@ -286,3 +290,9 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback; TRACER_DEBUG shows it
+        if os.environ.get("TRACER_DEBUG"):
+            raise
+        click.echo(f"tracer: internal error: {type(exc).__name__}: {exc} "
+                   "(set TRACER_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)

@@ -16,7 +16,6 @@ import tracer
 from tracer.backends.base import Backend
 from tracer.backends.gdb.backend import GdbBackend
 from tracer.binary.model import BinaryInfo
-from tracer.errors import UserError
 from tracer.probes.plan import Plan
 from tracer.session.budget import PauseBudget
 from tracer.session.pairing import Hit, Pairer
@@ -46,6 +45,7 @@ class Outcome:
     unfinished: int
     output: str
     target_status: str = ""
+    code_restored: bool | None = None
 
 
 class Session:
@@ -184,111 +184,119 @@ class Session:
     def run(self) -> Outcome:
         backend = self.backend_factory()
         previous = self._install_signals()
-        reader: threading.Thread | None = None
-        pairer = self.pairer
+        self._reader: threading.Thread | None = None
         reason = "error"
         removed = 0
         altered: list[int] | None = None
-        pid = self.target.pid
         try:
-            if self.target.argv:
-                backend.start(None)
-                self.child, release = self._spawn_parked()
-                pid = self.child.pid
-                backend.attach_before_exec(pid, release)
-                t0 = time.monotonic()
-            else:
-                assert pid is not None
-                backend.start(self.info.path)
-                t0 = time.monotonic()
-                backend.attach(pid)
-            bias = load_bias(pid, self.info.path, self.info.pie)
-
-            def on_death() -> None:
-                self._repaired = self._repair(pid, bias)
-                self.request_stop("debugger-died")
-
-            self._on_debugger_death = on_death
-            armed = backend.arm(self.plan, bias)
-            # The file is created only once the operator is traced: bad input leaves none.
-            self.writer = TraceWriter(self.output, on_error=self._write_failed)
-            reader = threading.Thread(target=self._read_hits, args=(backend.hits_fd, pairer),
-                                      name="tracer-hits", daemon=True)
-            reader.start()
-            backend.resume()
-            pause_ms = (time.monotonic() - t0) * 1000
-            self.header = self._header(pid, round(pause_ms, 3), armed)
-            self.writer.write(self.header)
-            self.on_status(
-                f"tracing {len(self.plan.functions)} function(s) in PID {pid} "
-                f"({armed} breakpoints, operator stopped {pause_ms:.1f} ms to attach); "
-                f"writing {self.output}; Ctrl-C to detach"
-            )
-            deadline = None if self.duration is None else time.monotonic() + self.duration
-            budget = None if not self.max_stopped else PauseBudget(
-                self.max_stopped, self.budget_window, backend.cpu_seconds, time.monotonic)
-            while True:
-                if budget is not None and self._over_budget(budget, backend):
-                    reason = "pause-budget"
-                    break
-                end = backend.poll(0.2)
-                if end:
-                    reason = end
-                    break
-                if self._stop.is_set():
-                    reason = self._stop_reason
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    reason = "duration"
-                    break
-            if reason == "debugger-died":
-                # The reader repairs the code the moment the pipe ends; wait for it.
-                reader.join(timeout=10)
-                altered = self._repaired
-            else:
-                self._leaving = True
-                if backend.stop_target():
-                    marker = backend.write_marker()
-                    if not self._wait_marker(marker, 10):
-                        self.on_status("warning: the agent's last hits did not arrive in 10 s")
-                    removed = backend.detach()
-                    if reason != "target-exec":  # a new program: the file's bytes no longer apply
-                        altered = altered_code(pid, self.info.path,
-                                               self.plan.breakpoint_addresses(0), bias)
-                elif backend.exited:
-                    reason = "target-exited"
-        except UserError:
-            reason = "error"
-            raise
+            pid, bias = self._attach(backend)
+            reason = self._watch(backend)
+            reason, removed, altered = self._leave_cleanly(backend, reason, pid, bias)
         finally:
-            self._leave(backend, reader)
+            self._leave(backend, self._reader)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if self.writer is not None:
-                unfinished = pairer.close_all()
-                status = backend.exit_status()
-                self.writer.write({
-                    "type": "end",
-                    "reason": reason,
-                    "clock": clock_pair(),
-                    "target_status": status or None,
-                    "spans": pairer.stats.spans,
-                    "unfinished": len(unfinished),
-                    "pairing": asdict(pairer.stats),
-                    "agent_errors": len(self.agent_errors),
-                    "agent_handler_ns": self.handler_ns,
-                    "breakpoints_removed": removed,
-                    "code_restored": None if altered is None else not altered,
-                })
-                self.writer.close()
+            unfinished = self._close_trace(backend, reason, removed, altered)
             self._end_child()
-        if altered:
-            raise UserError(
-                f"after detaching, {len(altered)} breakpoint byte(s) are still in process {pid}: "
-                "it will crash on its next call there"
-            )
-        return Outcome(reason, pairer.stats.spans, len(unfinished), self.output,
-                       backend.exit_status())
+        return Outcome(reason, self.pairer.stats.spans, unfinished, self.output,
+                       backend.exit_status(), None if altered is None else not altered)
+
+    def _attach(self, backend: Backend) -> tuple[int, int]:
+        """Attach, arm and resume; the operator is stopped from the attach to the resume."""
+        if self.target.argv:
+            backend.start(None)
+            self.child, release = self._spawn_parked()
+            pid = self.child.pid
+            backend.attach_before_exec(pid, release)
+            t0 = time.monotonic()
+        else:
+            pid = self.target.pid
+            assert pid is not None
+            backend.start(self.info.path)
+            t0 = time.monotonic()
+            backend.attach(pid)
+        bias = load_bias(pid, self.info.path, self.info.pie)
+
+        def on_death() -> None:
+            self._repaired = self._repair(pid, bias)
+            self.request_stop("debugger-died")
+
+        self._on_debugger_death = on_death
+        armed = backend.arm(self.plan, bias)
+        # The file is created only once the operator is traced: bad input leaves none.
+        self.writer = TraceWriter(self.output, on_error=self._write_failed)
+        self._reader = threading.Thread(target=self._read_hits,
+                                        args=(backend.hits_fd, self.pairer),
+                                        name="tracer-hits", daemon=True)
+        self._reader.start()
+        backend.resume()
+        pause_ms = (time.monotonic() - t0) * 1000
+        self.header = self._header(pid, round(pause_ms, 3), armed)
+        self.writer.write(self.header)
+        self.on_status(
+            f"tracing {len(self.plan.functions)} function(s) in PID {pid} "
+            f"({armed} breakpoints, operator stopped {pause_ms:.1f} ms to attach); "
+            f"writing {self.output}; Ctrl-C to detach"
+        )
+        return pid, bias
+
+    def _watch(self, backend: Backend) -> str:
+        """Wait for a way out; returns the reason."""
+        deadline = None if self.duration is None else time.monotonic() + self.duration
+        budget = None if not self.max_stopped else PauseBudget(
+            self.max_stopped, self.budget_window, backend.cpu_seconds, time.monotonic)
+        while True:
+            if budget is not None and self._over_budget(budget, backend):
+                return "pause-budget"
+            end = backend.poll(0.2)
+            if end:
+                return end
+            if self._stop.is_set():
+                return self._stop_reason
+            if deadline is not None and time.monotonic() >= deadline:
+                return "duration"
+
+    def _leave_cleanly(self, backend: Backend, reason: str, pid: int,
+                       bias: int) -> tuple[str, int, list[int] | None]:
+        """(reason, breakpoints removed, addresses still altered or None if not checked)."""
+        if reason == "debugger-died":
+            # The reader repairs the code the moment the pipe ends; wait for it.
+            assert self._reader is not None
+            self._reader.join(timeout=10)
+            return reason, 0, self._repaired
+        self._leaving = True
+        if not backend.stop_target():
+            return ("target-exited" if backend.exited else reason), 0, None
+        marker = backend.write_marker()
+        if not self._wait_marker(marker, 10):
+            self.on_status("warning: the agent's last hits did not arrive in 10 s")
+        removed = backend.detach()
+        if reason == "target-exec":  # a new program: the file's bytes no longer apply
+            return reason, removed, None
+        return reason, removed, altered_code(pid, self.info.path,
+                                             self.plan.breakpoint_addresses(0), bias)
+
+    def _close_trace(self, backend: Backend, reason: str, removed: int,
+                     altered: list[int] | None) -> int:
+        """Write calls still open as unfinished and the end line; returns how many."""
+        if self.writer is None:
+            return 0
+        unfinished = self.pairer.close_all()
+        self.writer.write({
+            "type": "end",
+            "reason": reason,
+            "clock": clock_pair(),
+            "target_status": backend.exit_status() or None,
+            "spans": self.pairer.stats.spans,
+            "unfinished": len(unfinished),
+            "pairing": asdict(self.pairer.stats),
+            "agent_errors": len(self.agent_errors),
+            "agent_handler_ns": self.handler_ns,
+            "breakpoints_removed": removed,
+            "code_restored": None if altered is None else not altered,
+        })
+        self.writer.close()
+        return len(unfinished)
 
     def _over_budget(self, budget: PauseBudget, backend: Backend) -> bool:
         """Degrade, then detach, when the operator was stopped too long in a window."""
