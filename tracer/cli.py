@@ -273,6 +273,16 @@ def symbols(target: str, regex: str | None) -> None:
         click.echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {fn.name}")
 
 
+def _register_commands() -> None:
+    # Each lives in its own module and imports its heavy libraries only when it runs.
+    from tracer.front.report_cmd import report
+
+    cli.add_command(report)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

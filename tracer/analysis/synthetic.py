@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+VERSION = 1  # bump when the output changes, so cached benchmark files are remade
 MS = 1_000_000
 S = 1_000_000_000
 BACKOFF_BASE_NS = 5 * MS

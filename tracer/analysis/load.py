@@ -1,0 +1,260 @@
+"""Read trace files (and research timestamps files) into polars DataFrames, fast.
+
+A million spans is a 400 MB file: polars' NDJSON reader parses it in parallel against a fixed
+schema (unknown fields are skipped, so header, end and event lines share the one pass). Every
+time is moved to wall-clock ns with each file's header clock pair, so files merge on one
+timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from tracer.analysis import timestamps
+from tracer.errors import UserError
+
+_STR = pl.String
+_I64 = pl.Int64
+# What the analysis needs from span and event lines; `status` is derived (cheaper than read).
+SCHEMA: dict[str, pl.DataType] = {
+    "type": _STR,
+    "id": _I64,
+    "function": _STR,
+    "start_ns": _I64,
+    "end_ns": _I64,
+    "request": pl.Struct({"namespace": _STR, "name": _STR}),
+    "result": pl.Struct({"requeue": pl.Boolean, "requeue_after_ns": _I64}),
+    "error": pl.Struct({"type": _STR}),
+    "panic": pl.Struct({"type": _STR}),
+    "ts_ns": _I64,
+    "kind": _STR,
+    "namespace": _STR,
+    "name": _STR,
+    "event": _STR,
+}
+SPAN_COLUMNS = ["source", "id", "function", "start", "end", "namespace", "name", "requeue",
+                "requeue_after", "error_type", "panic_type", "status"]
+OBJECT_KEY = ["function", "namespace", "name"]
+
+
+def add_codes(spans: pl.DataFrame) -> pl.DataFrame:
+    """Integer group codes, `fn_code` and `obj_code` (an object is function + namespace + name:
+    two controllers reconciling one name are two objects), null without a request: grouping
+    by one integer is many times faster than by strings."""
+    key = pl.concat_str(OBJECT_KEY, separator="\x00")
+    return spans.with_columns(
+        pl.col("function").cast(pl.Categorical).to_physical().alias("fn_code"),
+        key.cast(pl.Categorical).to_physical().alias("obj_code"))
+
+
+@dataclass
+class Source:
+    path: str
+    format: str  # "trace", or a timestamps style: "csv" / "lines"
+    spans: int = 0
+    events: int = 0
+    truncated: bool = False
+    window: tuple[int, int] = (0, 0)  # wall-clock ns observed: attach to end, or first to last
+    header: dict | None = None
+    end: dict | None = None
+
+
+@dataclass
+class Loaded:
+    sources: list[Source]
+    spans: pl.DataFrame  # SPAN_COLUMNS + codes; wall-clock ns; `end` null if unfinished
+    events: pl.DataFrame  # ts, kind, namespace, name, event (watch events), wall-clock ns
+    starts_only: bool  # timestamps files: start times and nothing else
+    segments: list[tuple[int, int]] = field(default_factory=list)  # merged windows, sorted
+
+
+def _first_line(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.readline()
+
+
+def detect(path: str) -> str:
+    """"trace", "csv" or "lines"; a UserError for a missing, empty or foreign file."""
+    if not os.path.exists(path):
+        raise UserError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a trace file")
+    try:
+        first = _first_line(path)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    if not first.strip():
+        raise UserError(f"{path} is empty")
+    if first.lstrip().startswith(b"{"):
+        if not first.endswith(b"\n"):
+            raise UserError(f"{path} is cut inside its header line: no call to report")
+        try:
+            header = json.loads(first)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path} is not a tracer trace file (line 1 is not JSON)") from None
+        if not isinstance(header, dict) or header.get("type") != "header":
+            raise UserError(f"{path} is not a tracer trace file (no header line)")
+        return "trace"
+    style = timestamps.sniff(first.decode("latin-1"))
+    if style is None:
+        raise UserError(f"{path} is neither a tracer trace file nor a timestamps file")
+    return style
+
+
+def _bad_line(data: bytes) -> int:
+    """The number of the first line that is not a JSON object (only on the error path)."""
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            if not isinstance(json.loads(raw), dict):
+                return number
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return number
+    return 0
+
+
+def _last_record(path: str, size: int) -> tuple[dict | None, bool]:
+    """(the last whole line as JSON, whether the file ends mid-line), reading only its tail."""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    cut = not tail.endswith(b"\n")
+    lines = tail.splitlines()
+    if cut:
+        lines = lines[:-1]
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        last = None
+    return (last if isinstance(last, dict) else None), cut
+
+
+def _read_trace(path: str, index: int, warn: Callable[[str], None]) -> tuple[Source, pl.DataFrame,
+                                                                              pl.DataFrame]:
+    size = os.path.getsize(path)
+    header = json.loads(_first_line(path))
+    last, cut = _last_record(path, size)
+    if cut:
+        with open(path, "rb") as f:
+            data = f.read()
+        data = data[: data.rfind(b"\n") + 1]
+        source_arg: str | bytes = data
+        whole = data.count(b"\n")
+        warn(f"{path} is cut mid-line (the run did not end cleanly): "
+             f"reporting its {whole} whole lines")
+    else:
+        source_arg = path
+    try:
+        # The lazy reader parses in parallel; the eager one on a path did not (polars 2.1).
+        raw = (pl.read_ndjson(source_arg, schema=SCHEMA) if isinstance(source_arg, bytes)
+               else pl.scan_ndjson(source_arg, schema=SCHEMA).collect())
+    except pl.exceptions.PolarsError:
+        data = source_arg if isinstance(source_arg, bytes) else open(path, "rb").read()
+        number = _bad_line(data)
+        raise UserError(f"{path} is not a tracer trace file (line {number} is not a "
+                        "trace record)") from None
+    clock = header.get("clock") or {}
+    offset = int(clock.get("realtime_ns", 0)) - int(clock.get("monotonic_ns", 0))
+    end = last if last is not None and last.get("type") == "end" else None
+
+    spans = raw.filter(pl.col("type") == "span").select(
+        pl.lit(index, pl.UInt32).alias("source"),
+        pl.col("id"),
+        pl.col("function"),
+        (pl.col("start_ns") + offset).alias("start"),
+        (pl.col("end_ns") + offset).alias("end"),
+        pl.col("request").struct.field("namespace").alias("namespace"),
+        pl.col("request").struct.field("name").alias("name"),
+        pl.col("result").struct.field("requeue").alias("requeue"),
+        pl.col("result").struct.field("requeue_after_ns").alias("requeue_after"),
+        pl.col("error").struct.field("type").alias("error_type"),
+        pl.col("panic").struct.field("type").alias("panic_type"),
+    ).with_columns(
+        pl.when(pl.col("end").is_null()).then(pl.lit("unfinished"))
+        .when(pl.col("panic_type").is_not_null()).then(pl.lit("panic"))
+        .when(pl.col("error_type").is_not_null()).then(pl.lit("error"))
+        .otherwise(pl.lit("ok")).alias("status")
+    )
+    events = raw.filter(pl.col("type") == "event").select(
+        pl.lit(index, pl.UInt32).alias("source"),
+        (pl.col("ts_ns") + offset).alias("ts"),
+        "kind", "namespace", "name", "event",
+    )
+    if spans["start"].null_count():
+        raise UserError(f"{path} is not a tracer trace file (a span has no start_ns)")
+    # The window the tracer watched: from the attach to the end line (or the last thing seen).
+    lo = int(clock["monotonic_ns"]) + offset if "monotonic_ns" in clock else None
+    seen = [spans["start"].min(), spans["start"].max(), spans["end"].max(),
+            events["ts"].min(), events["ts"].max()]
+    seen = [int(v) for v in seen if v is not None]
+    hi = None
+    if end is not None and isinstance(end.get("clock"), dict):
+        hi = int(end["clock"]["monotonic_ns"]) + offset
+    lo = min([v for v in [lo, *seen] if v is not None], default=0)
+    hi = max([v for v in [hi, *seen] if v is not None], default=lo)
+    source = Source(path, "trace", spans.height, events.height, cut, (lo, hi), header, end)
+    return source, spans, events
+
+
+def _read_timestamps(path: str, index: int, warn: Callable[[str], None]) -> tuple[Source,
+                                                                                   pl.DataFrame]:
+    ts = timestamps.read_timestamps(path)
+    if ts.truncated:
+        warn(f"{path} is cut mid-line: reporting its {len(ts.starts_ns)} whole rows")
+    starts = pl.Series("start", ts.starts_ns, dtype=_I64)
+    spans = pl.DataFrame({"source": pl.Series([index] * len(starts), dtype=pl.UInt32),
+                          "start": starts})
+    spans = spans.with_columns(
+        pl.lit(None, _I64).alias("id"), pl.lit(None, _STR).alias("function"),
+        pl.lit(None, _I64).alias("end"), pl.lit(None, _STR).alias("namespace"),
+        pl.lit(None, _STR).alias("name"), pl.lit(None, pl.Boolean).alias("requeue"),
+        pl.lit(None, _I64).alias("requeue_after"), pl.lit(None, _STR).alias("error_type"),
+        pl.lit(None, _STR).alias("panic_type"), pl.lit(None, _STR).alias("status"),
+    ).select(SPAN_COLUMNS)
+    source = Source(path, ts.style, spans.height, 0, ts.truncated,
+                    (int(starts.min()), int(starts.max())))
+    return source, spans
+
+
+def merge_windows(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping windows (traces of one time) become one; gaps between runs are unobserved."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(windows):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def load(paths: list[str], warn: Callable[[str], None] = lambda message: None) -> Loaded:
+    """Read every file; traces and timestamps files cannot be mixed (they measure apart)."""
+    kinds = [detect(path) for path in paths]
+    if len({kind == "trace" for kind in kinds}) > 1:
+        raise UserError("give either trace files or timestamps files, not both")
+    sources: list[Source] = []
+    span_frames: list[pl.DataFrame] = []
+    event_frames: list[pl.DataFrame] = []
+    for index, (path, kind) in enumerate(zip(paths, kinds, strict=True)):
+        if kind == "trace":
+            source, spans, events = _read_trace(path, index, warn)
+            event_frames.append(events)
+        else:
+            source, spans = _read_timestamps(path, index, warn)
+        sources.append(source)
+        span_frames.append(spans)
+    spans = pl.concat(span_frames, how="vertical_relaxed")
+    if event_frames:
+        events = pl.concat(event_frames, how="vertical_relaxed")
+    else:
+        events = pl.DataFrame(schema={"source": pl.UInt32, "ts": _I64, "kind": _STR,
+                                      "namespace": _STR, "name": _STR, "event": _STR})
+    if spans.height == 0:
+        raise UserError("no calls to report: " + ", ".join(
+            f"{s.path} has no span" for s in sources))
+    return Loaded(sources, add_codes(spans), events, starts_only=kinds[0] != "trace",
+                  segments=merge_windows([s.window for s in sources]))
