@@ -275,9 +275,12 @@ def symbols(target: str, regex: str | None) -> None:
 
 def _register_commands() -> None:
     # Each lives in its own module and imports its heavy libraries only when it runs.
+    from tracer.front.export_cmd import export
+    from tracer.front.plot_cmd import plot
     from tracer.front.report_cmd import report
 
-    cli.add_command(report)
+    for command in (report, export, plot):
+        cli.add_command(command)
 
 
 _register_commands()

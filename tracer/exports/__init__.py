@@ -1,0 +1,1 @@
+"""Trace files turned into other tools' formats: Chrome/Perfetto, CSV, OTLP."""

@@ -1,0 +1,1 @@
+"""Figures of recorded traces and of research timestamps files (matplotlib, no pyplot)."""
