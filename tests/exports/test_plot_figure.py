@@ -16,8 +16,10 @@ from tracer.plots.data import load
 from tracer.plots.figure import build_figure, drawn
 
 ROOT = Path(__file__).resolve().parents[2]
-PERCONA = Path("/work/shared/datasets/percona-mongodb-reconcile-times.csv")
-WASM = Path("/work/shared/datasets/wasm-operator-reconcile-times-5s.txt")
+# CI runs a fresh clone elsewhere with a copy of shared/ beside it.
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+PERCONA = DATASETS / "percona-mongodb-reconcile-times.csv"
+WASM = DATASETS / "wasm-operator-reconcile-times-5s.txt"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
