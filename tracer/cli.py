@@ -70,6 +70,10 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
             click.echo(message, err=True)
 
     factory, note = choose_backend(backend, info)
+    if live and target.argv:
+        # The program's own output would tear the screen apart: keep it beside the trace.
+        target.output_log = os.path.splitext(output)[0] + ".out"
+        messages.append(f"the program's output is in {target.output_log}")
     session = Session(target, info, plan, output, duration, on_span, on_status,
                       backend_factory=factory, backend_note=note, max_stopped=budget[0],
                       budget_window=budget[1])
@@ -85,6 +89,8 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
         f"{outcome.unfinished} unfinished, written to {outcome.output}",
         err=True,
     )
+    if live:
+        click.echo(f"the screen again: tracer view {outcome.output} --summary", err=True)
     if outcome.code_restored is False:
         click.echo("tracer: error: breakpoint bytes are still in the operator after "
                    "detaching; it will crash on its next call there", err=True)

@@ -36,6 +36,7 @@ class Target:
     argv: list[str] | None = None
     name: str = ""
     exe: str | None = None  # the executable's own path, for the header
+    output_log: str | None = None  # `run`: the program's stdout/stderr go here, not the screen
 
 
 @dataclass
@@ -168,12 +169,19 @@ class Session:
         instruction: a small Python waits for one byte on the gate, then becomes the program."""
         assert self.target.argv
         gate_r, gate_w = os.pipe()
+        log = None
+        if self.target.output_log:
+            log = os.open(self.target.output_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         child = subprocess.Popen(
             [sys.executable, "-c", PARKED_EXEC, str(gate_r), *self.target.argv],
             pass_fds=(gate_r,),
             start_new_session=True,
+            stdout=log,
+            stderr=log,
         )
         os.close(gate_r)
+        if log is not None:
+            os.close(log)
 
         def release() -> None:
             os.write(gate_w, b"g")
