@@ -24,8 +24,14 @@ KNOBS = [
 ]
 
 
-@pytest.mark.parametrize("build", GO_BUILDS)
-def test_every_call_once_with_its_fields(build, operator, tracer_cmd, tmp_path):
+@pytest.mark.parametrize(("build", "registers"), [
+    *((build, "ptrace") for build in GO_BUILDS),
+    # The agent's fallback, gdb's frame API, on one build.
+    ("go1.27/sample-operator-stripped", "frame"),
+])
+def test_every_call_once_with_its_fields(build, registers, operator, tracer_cmd, tmp_path,
+                                         monkeypatch):
+    monkeypatch.setenv("TRACER_GDB_REGISTERS", registers)
     op = operator(build, *KNOBS)
     trace = tmp_path / "trace.jsonl"
     run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",

@@ -15,6 +15,7 @@ Hit line: [ts_ns, point, lwp, goid, sp, value, handler_ns]
 Control lines (not hits) are JSON objects: {"marker": n}, {"agent_error": "..."}.
 """
 
+import ctypes
 import json
 import os
 import signal
@@ -31,6 +32,42 @@ KIND_STRUCT = 25
 TFLAG_EXTRA_STAR = 2
 
 
+PTRACE_GETREGS = 12
+REGISTERS = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs "
+             "eflags rsp ss fs_base gs_base ds es fs gs").split()
+
+
+class UserRegs(ctypes.Structure):
+    """struct user_regs_struct of x86-64 Linux."""
+
+    _fields_ = [(name, ctypes.c_ulonglong) for name in REGISTERS]
+
+
+class PtraceRegisters:
+    """All registers of the stopped thread in one PTRACE_GETREGS. gdb's Python runs on gdb's
+    main thread, which is the ptracer, so the call is allowed; it skips building gdb's frame
+    (tens of µs per hit). Read-only: gdb's own view of the thread is untouched."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+        self.libc.ptrace.restype = ctypes.c_long
+        self.regs = UserRegs()
+
+    def read(self, lwp: int):
+        if self.libc.ptrace(PTRACE_GETREGS, lwp, None, ctypes.byref(self.regs)) != 0:
+            raise OSError(ctypes.get_errno(), "PTRACE_GETREGS failed")
+        regs = self.regs
+        return lambda name: getattr(regs, name)
+
+
+def frame_registers():
+    """gdb's own way, the fallback: slower, but needs nothing beyond the gdb module."""
+    frame = gdb.newest_frame()
+    return lambda name: int(frame.read_register(name))
+
+
 class Agent:
     def __init__(self, plan: dict) -> None:
         self.fd: int = plan["out_fd"]
@@ -45,6 +82,16 @@ class Agent:
         self.errors = 0
         self.hits = 0
         self.type_cache: dict[int, tuple[str, int | None]] = {}
+        self.ptrace: PtraceRegisters | None = None
+        self.mem_fd: int | None = None
+        try:
+            self.ptrace = PtraceRegisters() if plan.get("registers") != "frame" else None
+        except Exception:
+            self.ptrace = None
+        try:
+            self.mem_fd = os.open(f"/proc/{gdb.selected_inferior().pid}/mem", os.O_RDONLY)
+        except OSError:
+            self.mem_fd = None
 
     # -- output ---------------------------------------------------------------------------
     def emit(self, line: str) -> None:
@@ -84,6 +131,13 @@ class Agent:
 
     # -- decoding ---------------------------------------------------------------------------
     def read(self, addr: int, size: int) -> bytes:
+        if self.mem_fd is not None:
+            try:
+                data = os.pread(self.mem_fd, size, addr)
+                if len(data) == size:
+                    return data
+            except OSError:
+                pass
         return gdb.selected_inferior().read_memory(addr, size).tobytes()
 
     def u64(self, addr: int) -> int:
@@ -166,8 +220,7 @@ class Agent:
             message = self.string(self.u64(header), self.u64(header + 8), MAX_MESSAGE)
         return [name, message]
 
-    def decode(self, frame: "gdb.Frame", decoder: str):
-        reg = frame.read_register
+    def decode(self, reg, decoder: str):
         if decoder == "cr-request":
             if not self.capture_args:
                 return None
@@ -194,11 +247,11 @@ class Agent:
             return rax - (1 << 64) if rax >= 1 << 63 else rax
         return None
 
-    def goid(self, frame: "gdb.Frame", key: str) -> int | None:
+    def goid(self, reg, key: str) -> int | None:
         if key == "goid":
-            g = int(frame.read_register("r14"))
+            g = reg("r14")
         elif key == "goid-rax":  # runtime.recovery(gp *g): the panicking g is the argument
-            g = int(frame.read_register("rax"))
+            g = reg("rax")
         else:
             return None
         if not g or self.goid_offset is None:
@@ -209,11 +262,18 @@ class Agent:
         ts = time.monotonic_ns()
         self.hits += 1
         point = self.points[index]
-        frame = gdb.newest_frame()
         lwp = gdb.selected_thread().ptid[1]
-        goid = self.goid(frame, point["key"])
-        sp = int(frame.read_register("rsp"))
-        value = self.decode(frame, point["decode"]) if point["decode"] else None
+        reg = None
+        if self.ptrace is not None:
+            try:
+                reg = self.ptrace.read(lwp)
+            except OSError:
+                self.ptrace = None  # not the ptracer after all: gdb's way from now on
+        if reg is None:
+            reg = frame_registers()
+        goid = self.goid(reg, point["key"])
+        sp = reg("rsp")
+        value = self.decode(reg, point["decode"]) if point["decode"] else None
         handler = time.monotonic_ns() - ts
         self.emit(json.dumps([ts, index, lwp, goid, sp, value, handler], separators=(",", ":")))
 

@@ -135,7 +135,11 @@ class GdbBackend:
         fd, self._plan_file = tempfile.mkstemp(prefix="tracer-plan-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             # gdb inherited the pipe's write end under the same number.
-            json.dump(plan.to_agent(bias, out_fd=self._hits_w), f)
+            agent_plan = plan.to_agent(bias, out_fd=self._hits_w)
+            # gdb's frame API instead of one PTRACE_GETREGS per hit: slower, kept for
+            # comparison and as the fallback the agent also takes by itself.
+            agent_plan["registers"] = os.environ.get("TRACER_GDB_REGISTERS", "ptrace")
+            json.dump(agent_plan, f)
         result = self.mi.console(f"python tracer_arm({json.dumps(self._plan_file)})")
         armed = [line for line in result.console if line.startswith("tracer-armed")]
         if not armed:
