@@ -24,6 +24,5 @@ def choose_backend(name: str, info: BinaryInfo) -> tuple[Callable[[], Backend], 
     if name == "dlv":
         from tracer.backends.dlv.backend import DlvBackend, check_dlv
 
-        check_dlv(info)
-        return DlvBackend, "dlv: asked for"
+        return DlvBackend, "dlv: asked for; " + check_dlv(info)
     raise UserError(f"unknown backend {name!r}: choose one of {', '.join(CHOICES)}")

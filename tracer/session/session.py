@@ -339,11 +339,12 @@ class Session:
         try:
             left = restore_code(pid, self.info.path, self.plan.breakpoint_addresses(0), bias)
         except OSError as exc:
-            self.on_status(f"warning: gdb died and the operator's code could not be repaired: "
-                           f"{exc.strerror}")
+            self.on_status(f"warning: {self.backend_name} died and the operator's code could "
+                           f"not be repaired: {exc.strerror}")
             return None
-        self.on_status("warning: gdb died while attached; the operator's code was repaired"
-                       if not left else "warning: gdb died; breakpoints remain in the operator")
+        name = self.backend_name
+        self.on_status(f"warning: {name} died while attached; the operator's code was repaired"
+                       if not left else f"warning: {name} died; breakpoints remain in the operator")
         return left
 
     def _leave(self, backend: Backend, reader: threading.Thread | None) -> None:

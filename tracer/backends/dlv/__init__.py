@@ -1,0 +1,1 @@
+"""Delve backend: a headless dlv driven over JSON-RPC by an agent process."""
