@@ -196,3 +196,22 @@ def check_fields(call: dict, span: dict) -> None:
                               "requeue_after_ns": call["requeue_after_ns"]}
     assert span["error"] == call["error"]
     assert span["status"] == ("error" if call["error"] else "ok")
+
+
+# Unlimited calls at a steady pace, so the rate before and after tracing can be compared.
+STEADY_KNOBS = ["-workers", "4", "-calls", "0", "-rate", "400", "-work-us", "200",
+                "-error-every", "9", "-requeue-every", "13", "-panic-every", "101"]
+
+
+def calls_per_second(op: Operator, seconds: float = 1.0) -> float:
+    """The operator's reconcile rate, from its ground truth's growth."""
+    before = op.truth.read_bytes().count(b"\n")
+    time.sleep(seconds)
+    return (op.truth.read_bytes().count(b"\n") - before) / seconds
+
+
+def baseline(op: Operator, seconds: float = 1.0) -> float:
+    """Start its work and measure its untraced rate."""
+    op.start_work()
+    time.sleep(0.5)
+    return calls_per_second(op, seconds)

@@ -7,22 +7,23 @@ import signal
 import time
 
 import pytest
-from helpers import alive, read_lines, tracer_pid, wait_for_header, wait_until
+from helpers import (
+    STEADY_KNOBS,
+    alive,
+    baseline,
+    calls_per_second,
+    read_lines,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
 
 from tracer.binary.analyze import analyze
 from tracer.probes.compile import compile_plan
 from tracer.targets.process import altered_code
 
 BUILD = "go1.27/sample-operator-stripped"
-# Unlimited calls at a steady pace, so the rate before and after tracing can be compared.
-KNOBS = ["-workers", "4", "-calls", "0", "-rate", "400", "-work-us", "200",
-         "-error-every", "9", "-requeue-every", "13", "-panic-every", "101"]
-
-
-def calls_per_second(op, seconds: float = 1.0) -> float:
-    before = len(op.truth.read_text().splitlines())
-    time.sleep(seconds)
-    return (len(op.truth.read_text().splitlines()) - before) / seconds
+KNOBS = STEADY_KNOBS
 
 
 def assert_untouched(op, allowed_signals: frozenset | set = frozenset()) -> None:
@@ -33,12 +34,6 @@ def assert_untouched(op, allowed_signals: frozenset | set = frozenset()) -> None
     assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0) == []
     stray = [line for line in op.stray_signals() if line not in allowed_signals]
     assert stray == [], "the tracer delivered a signal to the operator"
-
-
-def baseline(op) -> float:
-    op.start_work()
-    time.sleep(0.5)
-    return calls_per_second(op)
 
 
 @pytest.mark.parametrize("way", ["SIGINT", "SIGTERM", "duration"])

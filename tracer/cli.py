@@ -13,6 +13,7 @@ from tracer.backends.select import CHOICES, choose_backend
 from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
 from tracer.errors import EXIT_USAGE, UserError
+from tracer.exports.output import check_output
 from tracer.front.lines import LineFormatter
 from tracer.probes.compile import compile_plan, is_cr_reconcile
 from tracer.targets.process import inspect_process
@@ -37,17 +38,6 @@ def _analyze(path: str, shown: str | None = None) -> BinaryInfo:
 def _default_output(name: str, pid: int | str) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"trace-{name}-{pid}-{stamp}.jsonl"
-
-
-def _check_output(path: str) -> str:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UserError(f"the folder of --output {path} does not exist: create it first")
-    if os.path.isdir(path):
-        raise UserError(f"--output {path} is a folder: give a file name")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}: choose another --output")
-    return path
 
 
 def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
@@ -210,7 +200,7 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
     plan = compile_plan(info, symbol, capture_args=not no_args)
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
-    out = _check_output(output or _default_output(proc.name, pid))
+    out = check_output(output or _default_output(proc.name, pid), "--output")
     target = Target(pid=pid, name=proc.name, exe=proc.exe_target)
     _trace(target, info, plan, out, duration, quiet, plain, backend,
            (max_stopped, budget_window))
@@ -235,7 +225,7 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
     info = _analyze(os.path.realpath(program))
     plan = compile_plan(info, symbol, capture_args=not no_args)
     name = os.path.basename(program)
-    out = _check_output(output or _default_output(name, "run"))
+    out = check_output(output or _default_output(name, "run"), "--output")
     target = Target(argv=[program, *command[1:]], name=name)
     _trace(target, info, plan, out, duration, quiet, plain, backend,
            (max_stopped, budget_window))

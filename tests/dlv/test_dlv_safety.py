@@ -15,7 +15,17 @@ import time
 import psutil
 import pytest
 from elftools.elf.elffile import ELFFile
-from helpers import alive, end_process, read_lines, tracer_pid, wait_for_header, wait_until
+from helpers import (
+    STEADY_KNOBS,
+    alive,
+    baseline,
+    calls_per_second,
+    end_process,
+    read_lines,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
 
 from tracer.backends.dlv.backend import DlvBackend
 from tracer.binary.analyze import analyze
@@ -24,15 +34,7 @@ from tracer.targets.process import altered_code
 
 # A Go newer than Delve 1.20 knows (values from registers), with DWARF (Delve needs it).
 BUILD = "go1.27/sample-operator"
-# Unlimited calls at a steady pace, so the rate before and after tracing can be compared.
-KNOBS = ["-workers", "4", "-calls", "0", "-rate", "400", "-work-us", "200",
-         "-error-every", "9", "-requeue-every", "13", "-panic-every", "101"]
-
-
-def calls_per_second(op, seconds: float = 2.0) -> float:
-    before = len(op.truth.read_text().splitlines())
-    time.sleep(seconds)
-    return (len(op.truth.read_text().splitlines()) - before) / seconds
+KNOBS = STEADY_KNOBS
 
 
 def text_differences(pid: int) -> list[int]:
@@ -75,12 +77,6 @@ def assert_untouched(op) -> None:
     assert stray(op) == [], "the tracer delivered a signal to the operator"
 
 
-def baseline(op) -> float:
-    op.start_work()
-    time.sleep(0.5)
-    return calls_per_second(op)
-
-
 def helpers_of(run) -> list[psutil.Process]:
     """dlv and the agent: the tracer's children, in sessions of their own."""
     return psutil.Process(run.proc.pid).children()
@@ -89,7 +85,7 @@ def helpers_of(run) -> list[psutil.Process]:
 @pytest.mark.parametrize("way", ["SIGINT", "SIGTERM", "duration"])
 def test_clean_ways_out(way, operator, tracer_cmd, tmp_path):
     op = operator(BUILD, *KNOBS)
-    untraced = baseline(op)
+    untraced = baseline(op, 2.0)
     trace = tmp_path / "trace.jsonl"
     extra = ["--duration", "2.5"] if way == "duration" else []
     run = tracer_cmd("attach", str(op.pid), "--backend", "dlv", "-o", str(trace), "--quiet",
@@ -109,7 +105,7 @@ def test_clean_ways_out(way, operator, tracer_cmd, tmp_path):
     assert end["code_restored"] is True and end["breakpoints_removed"] == 8
     assert sum(1 for r in records if r["type"] == "span") > 100, (end, untraced)
     assert_untouched(op)
-    after = calls_per_second(op)
+    after = calls_per_second(op, 2.0)
     assert after >= 0.7 * untraced, f"{after:.0f} calls/s after tracing, {untraced:.0f} before"
 
 
@@ -137,7 +133,7 @@ def test_sigkill_of_the_tracer(load, operator, tracer_cmd, tmp_path):
     operator the safe way and exits; Delve exits after the detach."""
     if load == "busy":
         op = operator(BUILD, *KNOBS)
-        untraced = baseline(op)
+        untraced = baseline(op, 2.0)
     else:
         op = operator(BUILD, "-workers", "4", "-calls", "0", "-rate", "400")
     trace = tmp_path / "trace.jsonl"
@@ -155,7 +151,7 @@ def test_sigkill_of_the_tracer(load, operator, tracer_cmd, tmp_path):
     assert_untouched(op)
     assert read_lines(trace)[0]["type"] == "header"
     if load == "busy":
-        assert calls_per_second(op) >= 0.7 * untraced
+        assert calls_per_second(op, 2.0) >= 0.7 * untraced
 
 
 def test_tracer_killed_while_attaching(operator, tmp_path):

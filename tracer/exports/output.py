@@ -18,15 +18,17 @@ from tracer.errors import UserError
 STDOUT = "-"
 
 
-def check_output(path: str) -> None:
-    """Refuse, before any work, an output that cannot be written."""
+def check_output(path: str, label: str = "the output") -> str:
+    """Refuse, before any work, an output that cannot be written; `label` names it the way
+    the user gave it (`--output`, `--causes-out`)."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise UserError(f"the folder of the output {path} does not exist: create it first")
+        raise UserError(f"the folder of {label} {path} does not exist: create it first")
     if os.path.isdir(path):
-        raise UserError(f"the output {path} is a folder: give a file name")
+        raise UserError(f"{label} {path} is a folder: give a file name")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}: choose another output")
+        raise UserError(f"cannot write to {parent}: choose another {label.lstrip('-')}")
+    return path
 
 
 @contextlib.contextmanager

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 
 import click
 
 from tracer.errors import UserError
+from tracer.exports.output import check_output
 
 
 def _seconds(option: str, value: float, minimum: float = 0.0) -> int:
@@ -67,7 +67,7 @@ def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str
         raise UserError("--backoff-cap must be at least --backoff-base")
     edges = report_mod.parse_bins(bins)
     if causes_out:
-        _check_output(causes_out)
+        check_output(causes_out, "--causes-out")  # before the work, not after
 
     def warn(message: str) -> None:
         click.echo(f"tracer: warning: {message}", err=True)
@@ -103,12 +103,3 @@ def _write_causes(frame, loaded, path: str) -> None:
     except OSError as exc:
         reason = exc.strerror or str(exc).splitlines()[0]
         raise UserError(f"cannot write --causes-out {path}: {reason}") from None
-
-
-def _check_output(path: str) -> None:
-    """Before the work, not after: a bad --causes-out should not cost a long report."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UserError(f"the folder of --causes-out {path} does not exist: create it first")
-    if os.path.isdir(path):
-        raise UserError(f"--causes-out {path} is a folder: give a file name")
