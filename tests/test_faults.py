@@ -213,8 +213,12 @@ def test_calls_in_flight_at_detach_are_written_unfinished(operator, tracer_cmd, 
 
 
 def test_hostile_paths_are_never_pasted_into_gdb_commands(tmp_path):
-    """A program path with spaces, quotes, a newline-free shell and gdb metacharacters."""
-    folder = tmp_path / 'we"ird $(touch pwned); name'
+    """A program path with spaces, quotes, backticks, `$(...)` and non-ASCII: `tracer run`
+    starts it, and gdb, which is handed paths only as MI strings, reads it as a file name."""
+    from tracer.backends.gdb.backend import find_gdb
+    from tracer.backends.gdb.mi import MIConnection, mi_quote
+
+    folder = tmp_path / 'we"ird $(touch pwned); jürgen\\'
     folder.mkdir()
     program = folder / "op `x` 'y'"
     program.write_bytes(sample_bytes("c/c-operator"))
@@ -224,4 +228,12 @@ def test_hostile_paths_are_never_pasted_into_gdb_commands(tmp_path):
                         str(program), "-threads", "2", "-calls", "50", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sum(1 for r in read_lines(trace) if r["type"] == "span") == 50
+
+    mi = MIConnection(find_gdb())
+    try:
+        mi.send("-file-exec-and-symbols " + mi_quote(str(program)))
+        files = "".join(mi.console("info files").console)
+        assert str(program) in files
+    finally:
+        mi.close()
     assert not (tmp_path / "pwned").exists() and not (folder / "pwned").exists()

@@ -65,15 +65,17 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
                   "dies of SIGTRAP (its breakpoints outlive it); gdb's are repaired in time")
     if live and target.argv:
         # The program's own output would tear the screen apart: keep it beside the trace.
-        target.output_log = os.path.splitext(output)[0] + ".out"
+        target.output_log = output + ".out"
         messages.append(f"the program's output is in {target.output_log}")
     session = Session(target, info, plan, output, duration, on_span, on_status,
                       backend_factory=factory, backend_note=note, max_stopped=budget[0],
                       budget_window=budget[1])
     if live:
-        outcome = _run_live(session)
-        for message in messages:
-            click.echo(message, err=True)
+        try:
+            outcome = _run_live(session)
+        finally:
+            for message in messages:
+                click.echo(message, err=True)
     else:
         outcome = session.run()
     status = f", operator {outcome.target_status}" if outcome.target_status else ""

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from tracer.probes.plan import ENTRY, EXIT, KEY_THREAD, PANIC, RECOVERY, Plan, Point
 
+# Preemption re-runs an entry breakpoint 5 to 14 ms after the first hit (measured).
+REHIT_WINDOW_NS = 100_000_000
+
 
 @dataclass
 class Hit:
@@ -77,9 +80,11 @@ class Pairer:
         elif role == PANIC:
             if state.stack:
                 self.stats.panics += 1
-                top = state.stack[-1]
-                if top.panic is None:
-                    top.panic = hit.value or ["panic", None]
+            # Every open call on the goroutine is unwound unless one of them recovers (then
+            # it returns normally and its RET clears the mark).
+            for call in state.stack:
+                if call.panic is None:
+                    call.panic = hit.value or ["panic", None]
         elif role == RECOVERY:
             for call in state.stack:
                 if call.panic is not None and call.recovered_ns is None:
@@ -87,8 +92,12 @@ class Pairer:
 
     def _entry(self, state: KeyState, hit: Hit) -> None:
         top = state.stack[-1] if state.stack else None
-        # Go's asynchronous preemption re-executes the breakpoint: same call, same frame.
-        if top and top.point_index == hit.point_index and top.sp == hit.sp and top.panic is None:
+        # Go's asynchronous preemption re-executes the breakpoint: same call, same frame,
+        # milliseconds later. A worker calling again from the same frame after a lost return
+        # would look the same, hence the short window; native threads are not preempted so.
+        if (top and hit.point.key != KEY_THREAD and top.point_index == hit.point_index
+                and top.sp == hit.sp and top.panic is None
+                and hit.ts - top.start_ns < REHIT_WINDOW_NS):
             self.stats.duplicate_entries += 1
             return
         # A call whose panic was recovered above it never returns: it ended at the recovery.
@@ -107,16 +116,23 @@ class Pairer:
         if state.last_exit == (hit.point_index, hit.sp):
             self.stats.duplicate_exits += 1
             return
-        for i in range(len(state.stack) - 1, -1, -1):
-            if state.stack[i].function == hit.point.function:
-                call = state.stack.pop(i)
-                self._closed(call)
-                state.last_exit = (hit.point_index, hit.sp)
-                # Returned normally: any panic inside it was recovered inside it.
-                call.panic = None
-                self._finish(call, hit.ts, hit.value)
-                return
-        self.stats.orphan_exits += 1
+        # A RET runs with the stack pointer the call was entered with, unless the goroutine's
+        # stack was moved meanwhile: match on it first, then on the function alone.
+        i = next((i for i in range(len(state.stack) - 1, -1, -1)
+                  if state.stack[i].function == hit.point.function
+                  and state.stack[i].sp == hit.sp), None)
+        if i is None:
+            i = next((i for i in range(len(state.stack) - 1, -1, -1)
+                      if state.stack[i].function == hit.point.function), None)
+        if i is None:
+            self.stats.orphan_exits += 1
+            return
+        call = state.stack.pop(i)
+        self._closed(call)
+        state.last_exit = (hit.point_index, hit.sp)
+        # Returned normally: any panic inside it was recovered inside it.
+        call.panic = None
+        self._finish(call, hit.ts, hit.value)
 
     def close_all(self) -> list[dict]:
         """At the end of a run: recovered panics end at their recovery; calls still running

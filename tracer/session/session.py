@@ -28,6 +28,14 @@ PARKED_EXEC = (
 )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
 @dataclass
 class Target:
     """A process to trace: one already running (pid) or a command to start (argv)."""
@@ -84,6 +92,7 @@ class Session:
         self.child: subprocess.Popen | None = None
         self._leaving = False
         self.handler_ns = 0
+        self.hits_dropped = 0
         self.header: dict | None = None
         self.writer: TraceWriter | None = None
         self.pairer = Pairer(plan, self._emit)
@@ -109,28 +118,43 @@ class Session:
     # -- hits --------------------------------------------------------------------------------
     def _emit(self, span: dict) -> None:
         self.writer.write(span)
-        if self.on_span:
+        if self.on_span is None:
+            return
+        try:
             self.on_span(span)
+        except BrokenPipeError:
+            # `tracer ... | head`: whoever read the lines is gone; stop like any Unix tool.
+            self.on_span = None
+            self.request_stop("output-closed")
+        except Exception as exc:  # noqa: BLE001 - the display must never stop the recording
+            self.on_span = None
+            self.on_status(f"warning: showing calls failed ({exc}); still recording")
 
     def _read_hits(self, fd: int, pairer: Pairer) -> None:
         points = self.plan.points
         with os.fdopen(fd, "rb") as pipe:
             for raw in pipe:
-                record = json.loads(raw)
-                if isinstance(record, list):
-                    ts, index, lwp, goid, sp, value, handler_ns = record
-                    self.handler_ns += handler_ns
-                    pairer.feed(Hit(ts, points[index], index, lwp, goid, sp, value))
-                elif "marker" in record:
-                    with self._marker_seen:
-                        self._markers.add(record["marker"])
-                        self._marker_seen.notify_all()
-                elif "agent_error" in record:
-                    self.agent_errors.append(record["agent_error"])
+                try:
+                    self._on_record(json.loads(raw), points, pairer)
+                except Exception as exc:  # noqa: BLE001 - one bad line must not end the reader
+                    self.agent_errors.append(f"reader: {exc!r}")
         # End of the pipe: gdb is gone. If the tracer did not end it, gdb died attached and
         # every moment counts before the operator runs into a breakpoint byte.
         if not self._leaving and self._on_debugger_death is not None:
             self._on_debugger_death()
+
+    def _on_record(self, record, points, pairer: Pairer) -> None:
+        if isinstance(record, list):
+            ts, index, lwp, goid, sp, value, handler_ns = record
+            self.handler_ns += handler_ns
+            pairer.feed(Hit(ts, points[index], index, lwp, goid, sp, value))
+        elif "marker" in record:
+            self.hits_dropped = record.get("dropped", 0)
+            with self._marker_seen:
+                self._markers.add(record["marker"])
+                self._marker_seen.notify_all()
+        elif "agent_error" in record:
+            self.agent_errors.append(record["agent_error"])
 
     def _wait_marker(self, marker: int, timeout: float) -> bool:
         with self._marker_seen:
@@ -193,15 +217,22 @@ class Session:
         backend = self.backend_factory()
         previous = self._install_signals()
         self._reader: threading.Thread | None = None
+        self._stop_failed = False
         reason = "error"
         removed = 0
         altered: list[int] | None = None
+        pid = bias = None
         try:
             pid, bias = self._attach(backend)
             reason = self._watch(backend)
             reason, removed, altered = self._leave_cleanly(backend, reason, pid, bias)
         finally:
             self._leave(backend, self._reader)
+            if pid is not None and bias is not None and altered is None \
+                    and reason not in ("target-exited", "target-exec") and _alive(pid):
+                # No detach was confirmed (an exception, a stop that never came): gdb has
+                # been ended, so whatever int3 it left must go now, before a call runs into it.
+                altered = self._repair(pid, bias, "the detach did not complete")
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             unfinished = self._close_trace(backend, reason, removed, altered)
@@ -237,10 +268,11 @@ class Session:
                                         args=(backend.hits_fd, self.pairer),
                                         name="tracer-hits", daemon=True)
         self._reader.start()
-        backend.resume()
+        # The header goes first, before any span can: the pause is counted up to the arming.
         pause_ms = (time.monotonic() - t0) * 1000
         self.header = self._header(pid, round(pause_ms, 3), armed)
         self.writer.write(self.header)
+        backend.resume()
         self.on_status(
             f"tracing {len(self.plan.functions)} function(s) in PID {pid} "
             f"({armed} breakpoints, operator stopped {pause_ms:.1f} ms to attach); "
@@ -274,15 +306,23 @@ class Session:
             return reason, 0, self._repaired
         self._leaving = True
         if not backend.stop_target():
-            return ("target-exited" if backend.exited else reason), 0, None
+            if backend.exited:
+                return "target-exited", 0, None
+            self._stop_failed = True
+            self.on_status("warning: the operator did not stop for the detach")
+            return reason, 0, None
         marker = backend.write_marker()
         if not self._wait_marker(marker, 10):
             self.on_status("warning: the agent's last hits did not arrive in 10 s")
         removed = backend.detach()
         if reason == "target-exec":  # a new program: the file's bytes no longer apply
             return reason, removed, None
-        return reason, removed, altered_code(pid, self.info.path,
-                                             self.plan.breakpoint_addresses(0), bias)
+        try:
+            return reason, removed, altered_code(pid, self.info.path,
+                                                 self.plan.breakpoint_addresses(0), bias)
+        except (OSError, ValueError):
+            # It exited between the detach and the check: nothing left to harm.
+            return ("target-exited" if not _alive(pid) else reason), removed, None
 
     def _close_trace(self, backend: Backend, reason: str, removed: int,
                      altered: list[int] | None) -> int:
@@ -300,6 +340,7 @@ class Session:
             "pairing": asdict(self.pairer.stats),
             "agent_errors": len(self.agent_errors),
             "agent_handler_ns": self.handler_ns,
+            "hits_dropped": self.hits_dropped,
             "breakpoints_removed": removed,
             "code_restored": None if altered is None else not altered,
         })
@@ -328,30 +369,29 @@ class Session:
                        "stopped, detaching; the file holds what was written before")
         self.request_stop("write-failed")
 
-    def _repair(self, pid: int, bias: int) -> list[int] | None:
-        """gdb died attached: its int3 bytes are still in the operator, which would die of
-        SIGTRAP on its next call there. Put the file's bytes back while it still runs."""
-        try:
-            with open(f"/proc/{pid}/status"):
-                pass
-        except OSError:
+    def _repair(self, pid: int, bias: int, why: str = "") -> list[int] | None:
+        """The debugger is gone without a clean detach (it died, or the detach never came):
+        its int3 bytes may still be in the operator, which would die of SIGTRAP on its next
+        call there. Put the file's bytes back while it still runs."""
+        why = why or f"{self.backend_name} died while attached"
+        if not _alive(pid):
             return None
         try:
             left = restore_code(pid, self.info.path, self.plan.breakpoint_addresses(0), bias)
-        except OSError as exc:
-            self.on_status(f"warning: {self.backend_name} died and the operator's code could "
-                           f"not be repaired: {exc.strerror}")
+        except (OSError, ValueError) as exc:
+            self.on_status(f"warning: {why} and the operator's code could not be repaired: "
+                           f"{exc}")
             return None
-        name = self.backend_name
-        self.on_status(f"warning: {name} died while attached; the operator's code was repaired"
-                       if not left else f"warning: {name} died; breakpoints remain in the operator")
+        self.on_status(f"warning: {why}; the operator's code was repaired" if not left else
+                       f"warning: {why}; breakpoints remain in the operator")
         return left
 
     def _leave(self, backend: Backend, reader: threading.Thread | None) -> None:
         """Whatever happened: detach if still attached, end gdb, let the reader drain."""
         self._leaving = True
         try:
-            if backend.attached and backend.alive():
+            # One more try only if the clean way out was never reached (an exception).
+            if backend.attached and backend.alive() and not self._stop_failed:
                 if backend.stop_target():
                     backend.detach()
         except Exception as exc:  # noqa: BLE001 - leaving must go on whatever failed

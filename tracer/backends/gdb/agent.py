@@ -82,6 +82,8 @@ class Agent:
         self.errors = 0
         self.hits = 0
         self.type_cache: dict[int, tuple[str, int | None]] = {}
+        self.dropped = 0
+        os.set_blocking(self.fd, False)
         self.ptrace: PtraceRegisters | None = None
         self.mem_fd: int | None = None
         try:
@@ -94,16 +96,30 @@ class Agent:
             self.mem_fd = None
 
     # -- output ---------------------------------------------------------------------------
-    def emit(self, line: str) -> None:
+    def emit(self, line: str, must: bool = False) -> None:
+        """Write one line. A hit never waits: if the pipe is full (the tracer is slow or
+        stuck), the line is dropped and counted, since a blocked stop() would keep the
+        operator's thread stopped. Markers (`must`) are written once the operator is stopped
+        and may wait for the reader."""
         if self.broken:
             return
-        try:
-            os.write(self.fd, line.encode() + b"\n")
-        except OSError:
-            # The controller is gone: stop costing the operator anything. gdb detaches when
-            # its stdin reaches EOF; until then the breakpoints must not fire.
-            self.broken = True
-            gdb.post_event(self.disable_all)
+        data = line.encode() + b"\n"
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.write(self.fd, data)
+                return
+            except BlockingIOError:
+                if not must or time.monotonic() > deadline:
+                    self.dropped += 1
+                    return
+                time.sleep(0.001)
+            except OSError:
+                # The controller is gone: stop costing the operator anything. gdb detaches
+                # when its stdin reaches EOF; until then the breakpoints must not fire.
+                self.broken = True
+                gdb.post_event(self.disable_all)
+                return
 
     def disable_all(self) -> None:
         for bp in self.breakpoints:
@@ -273,9 +289,20 @@ class Agent:
             reg = frame_registers()
         goid = self.goid(reg, point["key"])
         sp = reg("rsp")
-        value = self.decode(reg, point["decode"]) if point["decode"] else None
+        value = None
+        if point["decode"]:
+            # The timing is worth keeping even when the values cannot be read.
+            try:
+                value = self.decode(reg, point["decode"])
+            except Exception as exc:  # noqa: BLE001
+                self.report_error(exc, index)
         handler = time.monotonic_ns() - ts
         self.emit(json.dumps([ts, index, lwp, goid, sp, value, handler], separators=(",", ":")))
+
+    def report_error(self, exc: Exception, index: int) -> None:
+        self.errors += 1
+        if self.errors <= 20:
+            self.emit(json.dumps({"agent_error": repr(exc), "point": index}))
 
 
 class HitBreakpoint(gdb.Breakpoint):
@@ -290,12 +317,10 @@ class HitBreakpoint(gdb.Breakpoint):
         try:
             self.agent.hit(self.index)
         except Exception as exc:  # noqa: BLE001
-            self.agent.errors += 1
-            if self.agent.errors <= 20:
-                try:
-                    self.agent.emit(json.dumps({"agent_error": repr(exc), "point": self.index}))
-                except Exception:
-                    pass
+            try:
+                self.agent.report_error(exc, self.index)
+            except Exception:  # noqa: BLE001
+                pass
         return False
 
 
@@ -314,7 +339,8 @@ def tracer_arm(plan_path: str) -> None:
 def tracer_marker(n: int) -> None:
     """Written in order after every hit so far: the controller knows the pipe is drained."""
     if _agent is not None:
-        _agent.emit(json.dumps({"marker": n, "hits": _agent.hits, "errors": _agent.errors}))
+        _agent.emit(json.dumps({"marker": n, "hits": _agent.hits, "errors": _agent.errors,
+                                "dropped": _agent.dropped}), must=True)
 
 
 def tracer_capture(on: bool) -> None:

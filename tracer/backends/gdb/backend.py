@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tracer.backends.gdb.mi import MIConnection, MIError
+from tracer.backends.gdb.mi import MIConnection, MIError, mi_quote
 from tracer.errors import UserError
 from tracer.probes.plan import Plan
 
@@ -36,6 +37,7 @@ SETTINGS = [
     "handle SIGSTOP nostop noprint nopass",
 ]
 
+F_SETPIPE_SZ = 1031
 EXIT_REASONS = {"exited-normally", "exited", "exited-signalled"}
 
 
@@ -71,6 +73,12 @@ class GdbBackend:
     def __init__(self) -> None:
         self.gdb_path = find_gdb()
         self.hits_fd, self._hits_w = os.pipe()
+        try:
+            # A larger pipe rides out a tracer that is slow for a moment; the agent drops
+            # (and counts) hits rather than wait when it is full.
+            fcntl.fcntl(self._hits_w, F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
         self.mi: MIConnection | None = None
         self.pid: int | None = None
         self.attached = False
@@ -94,7 +102,7 @@ class GdbBackend:
             self.mi.console(setting)
         if binary:
             # Symbols are read here, before attaching, so the operator is not stopped for it.
-            self.mi.send("-file-exec-and-symbols " + json.dumps(binary), timeout=300)
+            self.mi.send("-file-exec-and-symbols " + mi_quote(binary), timeout=300)
         self.mi.console("source " + str(AGENT))
 
     def attach(self, pid: int) -> None:
@@ -173,18 +181,22 @@ class GdbBackend:
     def poll(self, timeout: float) -> str | None:
         """An end reason when the operator exited or gdb died, else None."""
         assert self.mi is not None
-        for record in self.mi.poll(timeout):
+        records = self.mi.poll(timeout)
+        if any(r.get("message") == "thread-group-exited" for r in records):
+            # Its exit code or signal comes with the *stopped record, which may follow in
+            # the next read: give it a moment rather than report a killed operator as 0.
+            records += self.mi.poll(0.3)
+        for record in records:
             payload = record.get("payload") or {}
-            if record.get("message") == "stopped" and payload.get("reason") == "exec":
+            message = record.get("message")
+            if message == "stopped" and payload.get("reason") == "exec":
                 self.exec_seen = payload
-            elif record.get("message") == "stopped" and payload.get("reason") in EXIT_REASONS:
+            elif message == "stopped" and payload.get("reason") in EXIT_REASONS:
                 self.exited = payload
-                self.attached = False
-                self.running = False
-            elif record.get("message") == "thread-group-exited":
+                self.attached = self.running = False
+            elif message == "thread-group-exited" and self.exited is None:
                 self.exited = payload
-                self.attached = False
-                self.running = False
+                self.attached = self.running = False
         if self.exited is not None:
             return "target-exited"
         if self.exec_seen is not None:
@@ -198,6 +210,8 @@ class GdbBackend:
             return ""
         if "signal-name" in self.exited:
             return f"killed by {self.exited['signal-name']}"
+        if "exit-code" not in self.exited and self.exited.get("reason") != "exited-normally":
+            return "exited"
         return f"exit code {int(self.exited.get('exit-code', '0'), 8)}"
 
     # -- leaving ----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ pygdbmi's own controller waits 0.2 s per call and nothing per hit ever goes thro
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import subprocess
@@ -14,6 +13,25 @@ import time
 from dataclasses import dataclass, field
 
 from pygdbmi import gdbmiparser
+
+
+def mi_quote(text: str) -> str:
+    """An MI C string: quotes, backslashes and control characters escaped, everything else
+    (UTF-8 included) as it is. JSON's escaping is not MI's: gdb reads `\\u00fc` as `u00fc`."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\{ord(char):03o}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
 
 
 class MIError(Exception):
@@ -110,7 +128,7 @@ class MIConnection:
     def console(self, command: str, timeout: float = 30.0) -> MIResult:
         """A CLI command through MI, quoted as an MI C string so no name or path the user
         or the binary supplied can break out of it."""
-        return self.send("-interpreter-exec console " + json.dumps(command), timeout)
+        return self.send("-interpreter-exec console " + mi_quote(command), timeout)
 
     def poll(self, timeout: float) -> list[dict]:
         """Asynchronous records (stops, exits) that arrived, waiting at most timeout."""

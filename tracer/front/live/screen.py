@@ -78,7 +78,7 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
             str(len(fn.recent_starts)) if elapsed >= 60e9
             else f"{len(fn.recent_starts) * 60e9 / max(elapsed, 1):.0f}",
             dur(fn.percentile(0.5)), dur(fn.percentile(0.95)),
-            dur(fn.durations[-1] if fn.durations else None),
+            dur(fn.max_ns),
             str(fn.errors), str(fn.requeues), since_last,
         )
 

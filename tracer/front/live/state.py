@@ -16,6 +16,9 @@ from tracer.front.lines import outcome
 
 RATE_WINDOW_NS = 60_000_000_000
 TAIL = 200
+RECENT = 10_000  # durations kept per function for the percentiles
+MAX_INTERVALS = 4_096
+FORGET_AFTER_NS = 60_000_000_000
 
 
 class IntervalUnion:
@@ -31,6 +34,12 @@ class IntervalUnion:
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
+        if len(self.ends) > MAX_INTERVALS:
+            # Forget the layout of the distant past (its length stays counted): a call that
+            # started that long ago and overlapped it is all that could be miscounted.
+            keep = bisect.bisect_left(self.ends, self.ends[-1] - FORGET_AFTER_NS)
+            del self.starts[:keep]
+            del self.ends[:keep]
         i = bisect.bisect_left(self.ends, start)
         j = bisect.bisect_right(self.starts, end)
         if i < j:
@@ -53,9 +62,21 @@ class FunctionStats:
     errors: int = 0
     requeues: int = 0
     unfinished: int = 0
-    durations: list[int] = field(default_factory=list)  # sorted, for exact percentiles
+    # The last RECENT durations, sorted, for p50/p95 of recent calls at a bounded cost per
+    # span; `order` remembers which to drop next. The maximum is of the whole run.
+    durations: list[int] = field(default_factory=list)
+    order: deque = field(default_factory=deque)
+    max_ns: int | None = None
     recent_starts: deque = field(default_factory=deque)
     last_start: int | None = None
+
+    def add_duration(self, ns: int) -> None:
+        bisect.insort(self.durations, ns)
+        self.order.append(ns)
+        if len(self.order) > RECENT:
+            old = self.order.popleft()
+            del self.durations[bisect.bisect_left(self.durations, old)]
+        self.max_ns = ns if self.max_ns is None else max(self.max_ns, ns)
 
     def percentile(self, q: float) -> int | None:
         if not self.durations:
@@ -125,7 +146,7 @@ class LiveState:
         if end is None:
             fn.unfinished += 1
         else:
-            bisect.insort(fn.durations, end - start)
+            fn.add_duration(end - start)
             self.busy.add(start, end)
         if span.get("error") or span.get("panic"):
             fn.errors += 1
@@ -160,7 +181,8 @@ class LiveState:
                     fn.recent_starts.popleft()
             functions = {
                 name: FunctionStats(fn.calls, fn.errors, fn.requeues, fn.unfinished,
-                                    fn.durations, deque(fn.recent_starts), fn.last_start)
+                                    list(fn.durations), deque(), fn.max_ns,
+                                    deque(fn.recent_starts), fn.last_start)
                 for name, fn in self.functions.items()
             }
             return Snapshot(
