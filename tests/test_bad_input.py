@@ -44,7 +44,7 @@ CASES = [
     ("symbols", ["{go}", "Reconcile("], "missing )"),
     ("symbols", ["{go}", "NoSuchFunction$"], "nearest:"),
     ("view", ["{dir}/none.jsonl"], "no such trace file"),
-    ("view", ["{empty}", "--summary"], "no header line"),
+    ("view", ["{empty}", "--summary"], "is empty"),
     ("view", ["{foreign}", "--summary"], "not a tracer trace file"),
     ("view", ["{binary}", "--summary"], "not a tracer trace file"),
     ("view", ["{trace}", "--speed", "0"], "--speed"),

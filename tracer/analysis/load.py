@@ -17,6 +17,7 @@ import polars as pl
 
 from tracer.analysis import timestamps
 from tracer.errors import UserError
+from tracer.session.tracefile import check_readable, parse_header
 
 _STR = pl.String
 _I64 = pl.Int64
@@ -80,25 +81,9 @@ def _first_line(path: str) -> bytes:
 
 def detect(path: str) -> str:
     """"trace", "csv" or "lines"; a UserError for a missing, empty or foreign file."""
-    if not os.path.exists(path):
-        raise UserError(f"no such file: {path}")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a folder, not a trace file")
-    try:
-        first = _first_line(path)
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    if not first.strip():
-        raise UserError(f"{path} is empty")
+    first = check_readable(path, "file")
     if first.lstrip().startswith(b"{"):
-        if not first.endswith(b"\n"):
-            raise UserError(f"{path} is cut inside its header line: no call to report")
-        try:
-            header = json.loads(first)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{path} is not a tracer trace file (line 1 is not JSON)") from None
-        if not isinstance(header, dict) or header.get("type") != "header":
-            raise UserError(f"{path} is not a tracer trace file (no header line)")
+        parse_header(path, first)
         return "trace"
     style = timestamps.sniff(first.decode("latin-1"))
     if style is None:

@@ -8,12 +8,11 @@ foreign or empty file is refused before any output is created.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tracer.errors import UserError
-from tracer.session.tracefile import SCHEMA_VERSION, iter_records
+from tracer.session.tracefile import check_readable, iter_records, parse_header
 
 
 @dataclass
@@ -66,39 +65,6 @@ class TraceStream:
                             "(a line is not JSON)") from None
         except OSError as exc:
             raise UserError(f"cannot read {self.path}: {exc.strerror}") from None
-
-
-def check_readable(path: str, what: str = "trace file") -> bytes:
-    """The file's first line; a one-line UserError if it is missing, a folder or empty."""
-    if not os.path.exists(path):
-        raise UserError(f"no such {what}: {path}")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a folder, not a {what}")
-    try:
-        with open(path, "rb") as f:
-            first = f.readline()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    if not first.strip():
-        raise UserError(f"{path} is empty")
-    return first
-
-
-def parse_header(path: str, first: bytes) -> dict:
-    """The header line, or a UserError saying why the file is not a trace."""
-    if not first.endswith(b"\n"):
-        raise UserError(f"{path} is cut inside its header line: it holds no call")
-    try:
-        header = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is not a tracer trace file (line 1 is not JSON)") from None
-    if not isinstance(header, dict) or header.get("type") != "header":
-        raise UserError(f"{path} is not a tracer trace file (line 1 is no header)")
-    schema = header.get("schema")
-    if isinstance(schema, int) and schema > SCHEMA_VERSION:
-        raise UserError(f"{path} was written by a newer tracer (schema {schema}): "
-                        "update tracer to read it")
-    return header
 
 
 def open_trace(path: str) -> TraceStream:

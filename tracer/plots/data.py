@@ -11,7 +11,8 @@ import numpy as np
 from tracer.analysis.timestamps import read_timestamps, sniff
 from tracer.errors import UserError
 from tracer.exports import spans as sp
-from tracer.exports.source import TraceStream, check_readable, parse_header
+from tracer.exports.source import TraceStream
+from tracer.session.tracefile import check_readable, parse_header
 
 
 @dataclass

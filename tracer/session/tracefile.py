@@ -94,10 +94,41 @@ def iter_records(path: str) -> Iterator[tuple[dict | None, bool]]:
             yield json.loads(raw), False
 
 
-def read_trace(path: str) -> Trace:
+def check_readable(path: str, what: str = "trace file") -> bytes:
+    """The file's first line; a one-line UserError if it is missing, a folder or empty."""
     if not os.path.exists(path):
-        raise UserError(f"no such trace file: {path}")
-    trace = Trace(path)
+        raise UserError(f"no such {what}: {path}")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a {what}")
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    if not first.strip():
+        raise UserError(f"{path} is empty")
+    return first
+
+
+def parse_header(path: str, first: bytes) -> dict:
+    """The header line, or a UserError saying why the file is not a trace."""
+    if not first.endswith(b"\n"):
+        raise UserError(f"{path} is cut inside its header line: it holds no call")
+    try:
+        header = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a tracer trace file (line 1 is not JSON)") from None
+    if not isinstance(header, dict) or header.get("type") != "header":
+        raise UserError(f"{path} is not a tracer trace file (no header line)")
+    schema = header.get("schema")
+    if isinstance(schema, int) and schema > SCHEMA_VERSION:
+        raise UserError(f"{path} was written by a newer tracer (schema {schema}): "
+                        "update tracer to read it")
+    return header
+
+
+def read_trace(path: str) -> Trace:
+    trace = Trace(path, header=parse_header(path, check_readable(path)))
     try:
         for record, cut in iter_records(path):
             if cut:
@@ -105,8 +136,8 @@ def read_trace(path: str) -> Trace:
                 break
             kind = record.get("type") if isinstance(record, dict) else None
             if kind == "header":
-                trace.header = record
-            elif kind == "span":
+                continue
+            if kind == "span":
                 trace.spans.append(record)
             elif kind == "end":
                 trace.end = record
@@ -114,6 +145,4 @@ def read_trace(path: str) -> Trace:
                 trace.others.append(record)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path} is not a tracer trace file (a line is not JSON)") from None
-    if trace.header is None:
-        raise UserError(f"{path} is not a tracer trace file (no header line)")
     return trace
