@@ -29,8 +29,9 @@ class Backend(Protocol):
     def attach(self, pid: int) -> None:
         """Attach and stop every thread. UserError with a clear message on failure."""
 
-    def attach_before_exec(self, pid: int, release: Callable[[], None]) -> None:
-        """Attach to a process parked before exec, call release(), stop after the exec."""
+    def attach_before_exec(self, pid: int, release: Callable[[], None]) -> float:
+        """Attach to a process parked before exec, call release(), stop after the exec;
+        returns when (time.monotonic) the program was stopped, for the attach pause."""
 
     def arm(self, plan: Plan, bias: int) -> int:
         """Set every point of the plan (addresses + bias); returns how many were set."""

@@ -246,8 +246,7 @@ class Session:
             backend.start(None)
             self.child, release = self._spawn_parked()
             pid = self.child.pid
-            backend.attach_before_exec(pid, release)
-            t0 = time.monotonic()
+            t0 = backend.attach_before_exec(pid, release)
         else:
             pid = self.target.pid
             assert pid is not None

@@ -257,7 +257,7 @@ class DlvBackend:
             raise UserError(f"could not talk to Delve attached to process {pid}: {exc}") from None
         self.attached = True
 
-    def attach_before_exec(self, pid: int, release: Callable[[], None]) -> None:
+    def attach_before_exec(self, pid: int, release: Callable[[], None]) -> float:
         """Delve cannot follow an exec: let the parked process become the program, then
         attach. Calls in the first moments (until the attach) are not traced."""
         try:
@@ -276,11 +276,13 @@ class DlvBackend:
             time.sleep(0.001)
         else:
             raise UserError("the command did not start in 30 s")
+        stopped = time.monotonic()
         self.attach(pid)
         late = (time.monotonic() - t0) * 1000
         self._extra_notes.append(
             f"dlv: attached {late:.0f} ms after the program started (Delve cannot follow an "
             "exec): calls before that are not in this trace")
+        return stopped
 
     # -- arming and running ------------------------------------------------------------------
     def arm(self, plan: Plan, bias: int) -> int:

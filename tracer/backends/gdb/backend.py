@@ -118,7 +118,7 @@ class GdbBackend:
         if not self._wait_threads("stopped", 10):
             raise UserError(f"gdb attached to process {pid} but could not stop all its threads")
 
-    def attach_before_exec(self, pid: int, release) -> None:
+    def attach_before_exec(self, pid: int, release) -> float:
         """Attach to a process parked before exec (tracer run), let it exec, and stop at the
         new program's first instruction so nothing it does escapes the trace."""
         self.attach(pid)
@@ -134,8 +134,10 @@ class GdbBackend:
         if stop is None or stop["payload"]["reason"] != "exec":
             raise UserError("the command did not start under the tracer (it exited or hung "
                             "before its exec)")
+        stopped = time.monotonic()
         self.running = False
         self.mi.console("delete")
+        return stopped
 
     # -- arming -----------------------------------------------------------------------------
     def arm(self, plan: Plan, bias: int) -> int:
