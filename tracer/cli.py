@@ -62,7 +62,8 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
     factory, note = choose_backend(backend, info)
     if getattr(factory, "name", "") == "dlv":
         on_status("note: if Delve itself is killed while the operator is busy, the operator "
-                  "dies of SIGTRAP (its breakpoints outlive it); gdb's are repaired in time")
+                  "dies of SIGTRAP (its breakpoints outlive it); --backend uprobe cannot harm "
+                  "it that way, and gdb's breakpoints are repaired in time")
     if live and target.argv:
         # The program's own output would tear the screen apart: keep it beside the trace.
         target.output_log = output + ".out"

@@ -8,7 +8,7 @@ from tracer.backends.base import Backend
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 
-CHOICES = ("auto", "gdb", "dlv")
+CHOICES = ("auto", "gdb", "dlv", "uprobe")
 
 
 def choose_backend(name: str, info: BinaryInfo) -> tuple[Callable[[], Backend], str]:
@@ -25,4 +25,8 @@ def choose_backend(name: str, info: BinaryInfo) -> tuple[Callable[[], Backend], 
         from tracer.backends.dlv.backend import DlvBackend, check_dlv
 
         return DlvBackend, "dlv: asked for; " + check_dlv(info)
+    if name == "uprobe":
+        from tracer.backends.uprobe.backend import UprobeBackend, check_uprobe
+
+        return UprobeBackend, "uprobe: asked for; " + check_uprobe(info)
     raise UserError(f"unknown backend {name!r}: choose one of {', '.join(CHOICES)}")

@@ -268,7 +268,9 @@ class Session:
                                         name="tracer-hits", daemon=True)
         self._reader.start()
         # The header goes first, before any span can: the pause is counted up to the arming.
-        pause_ms = (time.monotonic() - t0) * 1000
+        # Kernel uprobes are inserted without stopping the operator at all.
+        pause_ms = (time.monotonic() - t0) * 1000 if getattr(backend, "stops_to_attach",
+                                                             True) else 0.0
         self.header = self._header(pid, round(pause_ms, 3), armed)
         self.writer.write(self.header)
         backend.resume()

@@ -1,0 +1,116 @@
+"""The kernel-uprobe backend: the same spans as gdb, nothing left behind, killing it harmless."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from helpers import (
+    GO_BUILDS,
+    alive,
+    calls_per_second,
+    check_fields,
+    match_spans,
+    read_lines,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
+
+from tracer.backends.uprobe import tracefs
+from tracer.binary.analyze import analyze
+from tracer.probes.compile import compile_plan
+from tracer.targets.process import altered_code
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="kernel uprobes need root")
+
+KNOBS = [
+    "-workers", "4", "-calls", "2000", "-objects", "40",
+    "-error-every", "9", "-requeue-every", "13", "-requeue-after-every", "17",
+    "-recurse-every", "23", "-panic-every", "101", "-linger",
+]
+
+
+def probes_of(pid: int) -> list[str]:
+    root = tracefs.mount_point()
+    with open(os.path.join(root, "uprobe_events")) as f:
+        mine = [line for line in f if line.startswith(f"p:{tracefs.GROUP_PREFIX}{pid}/")]
+    if os.path.isdir(os.path.join(root, "instances", f"{tracefs.GROUP_PREFIX}{pid}")):
+        mine.append("instance")
+    return mine
+
+
+def code_as_file(op) -> bool:
+    plan = compile_plan(analyze(str(op.binary)))
+    return altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0) == []
+
+
+@pytest.mark.parametrize("build", [GO_BUILDS[0], GO_BUILDS[1], GO_BUILDS[4]])
+def test_same_calls_as_the_ground_truth(build, operator, tracer_cmd, tmp_path):
+    op = operator(build, *KNOBS)
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+    header = wait_for_header(trace, run)
+    assert header["backend"] == "uprobe" and header["attach_pause_ms"] == 0
+    op.start_work()
+    wait_until(op.done, 120, "the operator to finish its calls")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    spans = [r for r in records if r["type"] == "span"]
+    truth = op.calls()
+    assert len(spans) == len(truth)
+    matched = match_spans(truth, spans)
+    for call in truth:
+        check_fields(call, matched[call["seq"]])
+    assert records[-1]["code_restored"] is True
+    assert probes_of(op.pid) == [] and code_as_file(op)
+    assert tracer_pid(op.pid) == 0 and op.stray_signals() == []
+
+
+def test_native_threads(operator, tracer_cmd, tmp_path):
+    op = operator("c/c-operator", "-threads", "2", "-calls", "2000", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "--symbol", "^reconcile$",
+                     "-o", str(trace), "-q")
+    wait_for_header(trace, run)
+    op.start_work()
+    wait_until(op.done, 60, "the C operator to finish")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    spans = [r for r in read_lines(trace) if r["type"] == "span"]
+    truth = op.calls()
+    assert len(spans) == len(truth)
+    by_thread: dict[int, list[dict]] = {}
+    for span in spans:
+        by_thread.setdefault(span["thread"], []).append(span)
+    for call in truth:
+        found = [s for s in by_thread.get(call["thread"], [])
+                 if s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]]
+        assert len(found) == 1 and found[0]["return"] == call["ret"]
+        assert found[0]["args"][0] == call["arg"]
+    assert probes_of(op.pid) == []
+
+
+def test_killing_the_tracer_harms_nothing(operator, tracer_cmd, tmp_path):
+    """SIGKILL leaves the probes in the kernel: the operator keeps running (each probe costs
+    it microseconds, nothing stops it); the next run on it removes them."""
+    op = operator("go1.27/sample-operator", "-workers", "4", "-calls", "0", "-rate", "400")
+    op.start_work()
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+    wait_for_header(trace, run)
+    time.sleep(1)
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.wait(10)
+    assert probes_of(op.pid) != []
+    time.sleep(0.5)
+    assert alive(op.pid) and calls_per_second(op, 2.0) > 300
+    second = tmp_path / "second.jsonl"
+    again = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(second), "-q",
+                       "--duration", "1")
+    assert again.wait(60) == 0, again.stderr()
+    assert probes_of(op.pid) == [] and code_as_file(op)
+    assert sum(1 for r in read_lines(second) if r["type"] == "span") > 100
