@@ -263,16 +263,16 @@ class Session:
         armed = backend.arm(self.plan, bias)
         # The file is created only once the operator is traced: bad input leaves none.
         self.writer = TraceWriter(self.output, on_error=self._write_failed)
-        self._reader = threading.Thread(target=self._read_hits,
-                                        args=(backend.hits_fd, self.pairer),
-                                        name="tracer-hits", daemon=True)
-        self._reader.start()
-        # The header goes first, before any span can: the pause is counted up to the arming.
-        # Kernel uprobes are inserted without stopping the operator at all.
+        # The header goes first: hits wait in the pipe until the reader starts after it.
+        # The pause is counted up to the arming; kernel uprobes never stop the operator.
         pause_ms = (time.monotonic() - t0) * 1000 if getattr(backend, "stops_to_attach",
                                                              True) else 0.0
         self.header = self._header(pid, round(pause_ms, 3), armed)
         self.writer.write(self.header)
+        self._reader = threading.Thread(target=self._read_hits,
+                                        args=(backend.hits_fd, self.pairer),
+                                        name="tracer-hits", daemon=True)
+        self._reader.start()
         backend.resume()
         self.on_status(
             f"tracing {len(self.plan.functions)} function(s) in PID {pid} "

@@ -43,7 +43,7 @@ def _fetchargs(point: Point, goid_offset: int | None) -> str:
     elif point.key == KEY_GOID_FROM_ARG and goid_offset is not None:
         args.append(f"goid=+{goid_offset}(%ax):s64")
     if point.decode == "cr-request":
-        args += ["nsl=%si:s64", f"ns0=+0(%di):u8[{NAME_BYTES}]", "nml=%r9:s64"]
+        args += ["nsl=%si:s64", f"ns0=+0(%di):u64[{NAME_BYTES // 8}]", "nml=%r9:s64"]
         args += _arrays("nm", "%r8")
     elif point.decode == "cr-result":
         args += ["rq=%ax:u8", "ra=%bx:s64", "itab=%cx:u64", "eml=+8(%di):s64"]
@@ -60,7 +60,10 @@ def _fetchargs(point: Point, goid_offset: int | None) -> str:
 
 def _arrays(name: str, pointer: str) -> list[str]:
     """A string's bytes as u8 arrays (the kernel's largest is 64 elements)."""
-    return [f"{name}{i}=+{i * NAME_BYTES}({pointer}):u8[{NAME_BYTES}]" for i in range(NAME_ARRAYS)]
+    # u64 elements: the kernel fetches an array element by element, and eight 8-byte reads
+    # cost far less than 64 one-byte ones.
+    return [f"{name}{i}=+{i * NAME_BYTES}({pointer}):u64[{NAME_BYTES // 8}]"
+            for i in range(NAME_ARRAYS)]
 
 
 def _joined(fields: dict[str, str], name: str, length: str) -> str:
@@ -70,7 +73,8 @@ def _joined(fields: dict[str, str], name: str, length: str) -> str:
 
 
 def _bytes(text: str) -> bytes:
-    return bytes(int(x) for x in text.strip("{}").split(",") if x)
+    """The bytes of a printed u64 array, `{7308626346926468974,...}`, in memory order."""
+    return b"".join(int(x).to_bytes(8, "little") for x in text.strip("{}").split(",") if x)
 
 
 class UprobeBackend:
@@ -148,10 +152,13 @@ class UprobeBackend:
                             "--backend gdb") from None
         self._reader = threading.Thread(target=self._read, name="tracer-uprobe", daemon=True)
         self._reader.start()
+        # Recording starts now, before the header is written: the operator never stopped,
+        # so a call made from here on must not be missed.
+        tracefs.write(os.path.join(self.instance, "events", self.group, "enable"), "1")
         return len(definitions)
 
     def resume(self) -> None:
-        tracefs.write(os.path.join(self.instance, "events", self.group, "enable"), "1")
+        """Nothing was stopped, and recording started when armed."""
 
     # -- hits -------------------------------------------------------------------------------
     def _read(self) -> None:
