@@ -10,6 +10,7 @@ import tempfile
 from tracer.errors import UserError
 
 GROUP_PREFIX = "tracer_"
+STANDARD = "/sys/kernel/tracing"
 
 
 def mount_point() -> str:
@@ -22,7 +23,8 @@ def mount_point() -> str:
     if os.geteuid() != 0:
         raise UserError("--backend uprobe needs root (kernel uprobes through tracefs): run as "
                         "root or use --backend gdb")
-    folder = tempfile.mkdtemp(prefix="tracer-tracefs-")
+    # Where the kernel's tools expect it, else a private folder.
+    folder = STANDARD if os.path.isdir(STANDARD) else tempfile.mkdtemp(prefix="tracer-tracefs-")
     result = subprocess.run(["mount", "-t", "tracefs", "nodev", folder], capture_output=True,
                             text=True)
     if result.returncode != 0:
