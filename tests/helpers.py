@@ -215,3 +215,30 @@ def baseline(op: Operator, seconds: float = 1.0) -> float:
     op.start_work()
     time.sleep(0.5)
     return calls_per_second(op, seconds)
+
+
+def assert_every_call_once(truth: list[dict], spans: list[dict]) -> None:
+    """Go: every true call in exactly one span that contains it, with its fields."""
+    assert len(spans) == len(truth), "every call exactly once, nothing more"
+    matched = match_spans(truth, spans)
+    for call in truth:
+        check_fields(call, matched[call["seq"]])
+
+
+def assert_native_calls_once(truth: list[dict], spans: list[dict]) -> None:
+    """Native: every true call in exactly one span on its thread, argument and return."""
+    assert len(spans) == len(truth), "every call exactly once"
+    by_thread: dict[int, list[dict]] = {}
+    for span in spans:
+        by_thread.setdefault(span["thread"], []).append(span)
+    used = set()
+    for call in truth:
+        found = [s for s in by_thread.get(call["thread"], [])
+                 if s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]]
+        assert len(found) == 1, f"{call}: {len(found)} spans"
+        span = found[0]
+        assert span["id"] not in used
+        used.add(span["id"])
+        assert span["args"][0] == call["arg"]
+        assert span["return"] == call["ret"]
+        assert span["status"] == "ok"

@@ -12,8 +12,7 @@ import time
 import pytest
 from helpers import (
     alive,
-    check_fields,
-    match_spans,
+    assert_every_call_once,
     read_lines,
     run_tracer,
     sample,
@@ -76,10 +75,7 @@ def test_forks_and_thread_churn_while_traced(operator, tracer_cmd, tmp_path):
     assert run.wait(60) == 0, run.stderr()
     spans = [r for r in read_lines(trace) if r["type"] == "span"]
     truth = op.calls()
-    assert len(spans) == len(truth)
-    matched = match_spans(truth, spans)
-    for call in truth:
-        check_fields(call, matched[call["seq"]])
+    assert_every_call_once(truth, spans)
     assert tracer_pid(op.pid) == 0 and breakpoints_left(op) == []
     # Its own children's SIGCHLD is the operator's business; nothing else may arrive.
     assert [s for s in op.stray_signals() if s != "signal: child exited"] == []
@@ -152,10 +148,7 @@ def test_every_call_with_the_machine_busy(operator, tracer_cmd, tmp_path):
             hog.wait()
     spans = [r for r in read_lines(trace) if r["type"] == "span"]
     truth = op.calls()
-    assert len(spans) == len(truth)
-    matched = match_spans(truth, spans)
-    for call in truth:
-        check_fields(call, matched[call["seq"]])
+    assert_every_call_once(truth, spans)
 
 
 def test_pause_budget_degrades_then_detaches(operator, tracer_cmd, tmp_path):

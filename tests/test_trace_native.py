@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import signal
 
-from helpers import read_lines, sample, tracer_pid, wait_for_header, wait_until
-
-
-def check_against_truth(truth: list[dict], spans: list[dict]) -> None:
-    assert len(spans) == len(truth), "every call exactly once"
-    by_thread: dict[int, list[dict]] = {}
-    for span in spans:
-        by_thread.setdefault(span["thread"], []).append(span)
-    used = set()
-    for call in truth:
-        found = [s for s in by_thread.get(call["thread"], [])
-                 if s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]]
-        assert len(found) == 1, f"{call}: {len(found)} spans"
-        span = found[0]
-        assert span["id"] not in used
-        used.add(span["id"])
-        assert span["args"][0] == call["arg"]
-        assert span["return"] == call["ret"]
-        assert span["status"] == "ok"
+from helpers import (
+    assert_native_calls_once,
+    read_lines,
+    sample,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
 
 
 def test_attach_two_threads(operator, tracer_cmd, tmp_path):
@@ -40,7 +29,7 @@ def test_attach_two_threads(operator, tracer_cmd, tmp_path):
     spans = [r for r in records if r["type"] == "span"]
     truth = op.calls()
     assert len({c["thread"] for c in truth}) == 2
-    check_against_truth(truth, spans)
+    assert_native_calls_once(truth, spans)
     assert records[-1]["code_restored"] is True
     assert tracer_pid(op.pid) == 0
 
@@ -58,4 +47,4 @@ def test_run_from_first_call(tmp_path):
     records = read_lines(trace)
     assert records[-1]["reason"] == "target-exited"
     truth = [r for r in read_lines(truth_file) if not r.get("done")]
-    check_against_truth(truth, [r for r in records if r["type"] == "span"])
+    assert_native_calls_once(truth, [r for r in records if r["type"] == "span"])

@@ -10,9 +10,9 @@ import pytest
 from helpers import (
     GO_BUILDS,
     alive,
+    assert_every_call_once,
+    assert_native_calls_once,
     calls_per_second,
-    check_fields,
-    match_spans,
     read_lines,
     tracer_pid,
     wait_for_header,
@@ -61,10 +61,7 @@ def test_same_calls_as_the_ground_truth(build, operator, tracer_cmd, tmp_path):
     records = read_lines(trace)
     spans = [r for r in records if r["type"] == "span"]
     truth = op.calls()
-    assert len(spans) == len(truth)
-    matched = match_spans(truth, spans)
-    for call in truth:
-        check_fields(call, matched[call["seq"]])
+    assert_every_call_once(truth, spans)
     assert records[-1]["code_restored"] is True
     assert probes_of(op.pid) == [] and code_as_file(op)
     assert tracer_pid(op.pid) == 0 and op.stray_signals() == []
@@ -81,16 +78,7 @@ def test_native_threads(operator, tracer_cmd, tmp_path):
     run.proc.send_signal(signal.SIGINT)
     assert run.wait(60) == 0, run.stderr()
     spans = [r for r in read_lines(trace) if r["type"] == "span"]
-    truth = op.calls()
-    assert len(spans) == len(truth)
-    by_thread: dict[int, list[dict]] = {}
-    for span in spans:
-        by_thread.setdefault(span["thread"], []).append(span)
-    for call in truth:
-        found = [s for s in by_thread.get(call["thread"], [])
-                 if s["start_ns"] <= call["entry_ns"] and s["end_ns"] >= call["exit_ns"]]
-        assert len(found) == 1 and found[0]["return"] == call["ret"]
-        assert found[0]["args"][0] == call["arg"]
+    assert_native_calls_once(op.calls(), spans)
     assert probes_of(op.pid) == []
 
 

@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 from helpers import (
-    check_fields,
-    match_spans,
+    assert_every_call_once,
     read_lines,
     tracer_pid,
     wait_for_header,
@@ -67,10 +66,7 @@ def test_same_spans_as_gdb(build, operator, tracer_cmd, tmp_path):
     for backend, (header, truth, spans) in runs.items():
         assert header["backend"] == backend
         # Every call exactly once, and its request, result, error and panic as it returned.
-        assert len(spans) == len(truth), backend
-        matched = match_spans(truth, spans)
-        for call in truth:
-            check_fields(call, matched[call["seq"]])
+        assert_every_call_once(truth, spans)
         assert any(c["panic"] for c in truth) and any(c["error"] for c in truth)
         assert any(c["requeue_after_ns"] for c in truth)
 
