@@ -7,9 +7,8 @@ import json
 import signal
 from collections import Counter
 
-from helpers import read_lines, wait_for_header, wait_until
+from helpers import match_spans, read_lines, wait_for_header, wait_until
 from report_support import report_json
-from test_trace_go import match_spans
 
 # A pace at which calls on one object do not pile up: 200 events/s over 60 keys (20 names x
 # 3 namespaces) is one event per key every 300 ms, and every follow-up (1 ms requeue, 1-5 ms
