@@ -16,6 +16,15 @@ RECOVERY = "recovery"
 KEY_GOID = "goid"
 KEY_GOID_FROM_ARG = "goid-rax"
 KEY_THREAD = "thread"
+# Rust async: the future's address (points and pairing by tracer.probes.rust_async and the
+# async pairer; the synchronous pairer hands such hits over).
+KEY_FUTURE = "future"
+
+# What a point's function is to the trace (see tracer.probes.spec): a reconcile of its own,
+# a step (child span) of the reconcile open on the same key, or an end marker of it.
+SPAN_RECONCILE = "reconcile"
+SPAN_STEP = "step"
+SPAN_END = "end"
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class Point:
     role: str
     key: str
     decode: str | None  # decoder name understood by the backends (see the gdb agent)
+    span: str = SPAN_RECONCILE
 
 
 @dataclass
@@ -38,6 +48,9 @@ class Plan:
     go_goid_offset: int | None = None
     go_types_base: int | None = None
     capture_args: bool = True
+    probe_file: str | None = None  # the probe file the plan was compiled from, if any
+    # Functions of each span role, for the header (steps: child spans of reconciles).
+    steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_agent(self, bias: int, out_fd: int) -> dict:
