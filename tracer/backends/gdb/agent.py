@@ -256,6 +256,20 @@ class Agent:
             return [int(reg("rax")) & 0xFF != 0, rbx, error]
         if decoder == "go-panic":
             return self.decode_value(int(reg("rax")), int(reg("rbx")))
+        # Probe-file decoders for other Go shapes (docs/probes.md): a workqueue key string
+        # after the receiver (RBX/RCX) or after receiver and ctx (RDI/RSI); a lone error
+        # result (itab RAX, data RBX); a time.Duration argument (RBX) or result (RAX).
+        if decoder in ("go-key", "go-key-ctx"):
+            if not self.capture_args:
+                return None
+            ptr, length = ("rbx", "rcx") if decoder == "go-key" else ("rdi", "rsi")
+            return self.string(int(reg(ptr)), int(reg(length)), MAX_NAME)
+        if decoder == "go-error":
+            itab = int(reg("rax"))
+            return self.decode_value(self.u64(itab + 8), int(reg("rbx"))) if itab else None
+        if decoder in ("go-duration", "go-duration-arg"):
+            value = int(reg("rax" if decoder == "go-duration" else "rbx"))
+            return value - (1 << 64) if value >= 1 << 63 else value
         if decoder == "native-args":
             return [int(reg("rdi")), int(reg("rsi"))] if self.capture_args else None
         if decoder == "native-return":

@@ -51,6 +51,13 @@ def _fetchargs(point: Point, goid_offset: int | None) -> str:
     elif point.decode == "go-panic":
         args += ["pt=%ax:u64", "pml=+8(%bx):s64"]
         args += _arrays("pm", "+0(%bx)")
+    elif point.decode in ("go-key", "go-key-ctx"):
+        ptr, length = ("%bx", "%cx") if point.decode == "go-key" else ("%di", "%si")
+        args += [f"kl={length}:s64", *_arrays("k", ptr)]
+    elif point.decode == "go-error":
+        args += ["itab=%ax:u64", "eml=+8(%bx):s64", *_arrays("em", "+0(%bx)")]
+    elif point.decode in ("go-duration", "go-duration-arg"):
+        args.append("dur=%ax:s64" if point.decode == "go-duration" else "dur=%bx:s64")
     elif point.decode == "native-args":
         args += ["a0=%di:s64", "a1=%si:s64"]
     elif point.decode == "native-return":
@@ -254,6 +261,16 @@ class UprobeBackend:
             return [int(f["rq"]) != 0, int(f["ra"]), error]
         if point.decode == "go-panic":
             return self._interface(int(f["pt"]), f, "pm")
+        if point.decode in ("go-key", "go-key-ctx"):
+            return _joined(f, "k", f["kl"]) if self.capture else None
+        if point.decode == "go-error":
+            itab = int(f["itab"])
+            if not itab:
+                return None
+            type_addr = int.from_bytes(self._read_mem(itab + 8, 8), "little")
+            return self._interface(type_addr, f, "em")
+        if point.decode in ("go-duration", "go-duration-arg"):
+            return int(f["dur"])
         if point.decode == "native-args":
             return [int(f["a0"]), int(f["a1"])]
         if point.decode == "native-return":
