@@ -136,8 +136,11 @@ OUTPUT = click.option("--output", "-o", metavar="FILE",
 DURATION = click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
                         metavar="SECONDS", help="Detach after this many seconds.")
 SYMBOL = click.option("--symbol", "-s", metavar="REGEX",
-                      help="Trace the functions whose names match REGEX instead of the "
-                           "controller-runtime Reconcile (required for non-Go binaries).")
+                      help="Trace the functions whose names match REGEX instead of a probe's "
+                           "(an ad-hoc probe: every match is a reconcile).")
+PROBE = click.option("--probe", "-p", metavar="NAME|FILE",
+                     help="The probe to trace with: a known probe's name (tracer probes list) "
+                          "or a probe file. Default: the best match for the binary.")
 NO_ARGS = click.option("--no-args", is_flag=True,
                        help="Record no argument or error values, only times and types.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="Print no line per call.")
@@ -183,7 +186,7 @@ def cli() -> None:
 
 def trace_options(command):
     """The options every tracing command takes."""
-    for option in reversed((OUTPUT, DURATION, SYMBOL, NO_ARGS, QUIET, PLAIN, BACKEND,
+    for option in reversed((OUTPUT, DURATION, SYMBOL, PROBE, NO_ARGS, QUIET, PLAIN, BACKEND,
                             MAX_STOPPED, BUDGET_WINDOW)):
         command = option(command)
     return command
@@ -193,14 +196,16 @@ def trace_options(command):
 @click.argument("pid", type=int)
 @trace_options
 def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
-           no_args: bool, quiet: bool, plain: bool, backend: str, max_stopped: float,
-           budget_window: float) -> None:
+           probe: str | None, no_args: bool, quiet: bool, plain: bool, backend: str,
+           max_stopped: float, budget_window: float) -> None:
     """Attach to a running process and record every reconcile call until Ctrl-C."""
     from tracer.session.session import Target
 
     proc = inspect_process(pid)
     info = _analyze(proc.exe, shown=proc.exe_target)
-    plan = compile_plan(info, symbol, capture_args=not no_args)
+    plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
+    if plan.choice:
+        click.echo(plan.choice, err=True)
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
     out = check_output(output or _default_output(proc.name, pid), "--output")
@@ -213,7 +218,8 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @trace_options
 def run(command: tuple[str, ...], output: str | None, duration: float | None,
-        symbol: str | None, no_args: bool, quiet: bool, plain: bool, backend: str,
+        symbol: str | None, probe: str | None,
+        no_args: bool, quiet: bool, plain: bool, backend: str,
         max_stopped: float, budget_window: float) -> None:
     """Start COMMAND under the tracer (use `--` before it) and record from its first call.
 
@@ -226,7 +232,9 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
             raise UserError(f"{command[0]} is not executable: chmod +x it, or name a program")
         raise UserError(f"command not found: {command[0]}")
     info = _analyze(os.path.realpath(program))
-    plan = compile_plan(info, symbol, capture_args=not no_args)
+    plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
+    if plan.choice:
+        click.echo(plan.choice, err=True)
     name = os.path.basename(program)
     out = check_output(output or _default_output(name, "run"), "--output")
     target = Target(argv=[program, *command[1:]], name=name)
@@ -279,9 +287,10 @@ def _register_commands() -> None:
     # Each lives in its own module and imports its heavy libraries only when it runs.
     from tracer.front.export_cmd import export
     from tracer.front.plot_cmd import plot
+    from tracer.front.probes_cmd import probes
     from tracer.front.report_cmd import report
 
-    for command in (report, export, plot):
+    for command in (report, export, plot, probes):
         cli.add_command(command)
 
 

@@ -119,6 +119,7 @@ def compile_plan(info: BinaryInfo, symbol: str | None = None, capture_args: bool
         probe_file=spec_probe.path if spec_probe else None,
     )
     if choice:
+        plan.choice = choice
         plan.notes.append(choice)
     if info.language == "go":
         _compile_go(info, functions, plan)

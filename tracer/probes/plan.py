@@ -19,6 +19,11 @@ KEY_THREAD = "thread"
 # Rust async: the future's address (points and pairing by tracer.probes.rust_async and the
 # async pairer; the synchronous pairer hands such hits over).
 KEY_FUTURE = "future"
+# Rust async roles (key "future"): a poll of the future starts, a poll returns, the future is
+# dropped. Their decoders are "rust-poll..." (see tracer.probes.rust_async, the gdb agent).
+POLL = "poll"
+POLL_EXIT = "poll-exit"
+DROP = "drop"
 
 # What a point's function is to the trace (see tracer.probes.spec): a reconcile of its own,
 # a step (child span) of the reconcile open on the same key, or an end marker of it.
@@ -49,9 +54,13 @@ class Plan:
     go_types_base: int | None = None
     capture_args: bool = True
     probe_file: str | None = None  # the probe file the plan was compiled from, if any
+    choice: str | None = None  # why this probe, when the tracer chose it
     # Functions of each span role, for the header (steps: child spans of reconciles).
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Rust async: per function, how to read Ready/Ok/Err from the bytes a poll returned
+    # (tracer.probes.rust_async.result_layout; read by tracer.session.async_pairing).
+    rust_results: dict[str, dict] = field(default_factory=dict)
 
     def to_agent(self, bias: int, out_fd: int) -> dict:
         return {
