@@ -9,6 +9,7 @@
 //	    [-error-every E] [-requeue-every Q] [-requeue-after-every A]
 //	    [-recurse-every D] [-recurse-kb 160] [-panic-every P]
 //	    [-ground-truth FILE] [-wait-signal] [-linger]
+//	    [-kube-watch URL -kube-token FILE]
 //
 // Event i (0-based) is a request for ns-<i%3>/obj-<i%objects>. -calls 0 means
 // an endless producer (run until SIGINT/SIGTERM). The queue is a FIFO without
@@ -213,6 +214,8 @@ func main() {
 	thenExec := flag.Bool("then-exec", false, "after all work is done exec this binary again with -calls 1 -linger")
 	spawnEvery := flag.Int("spawn-every", 0, "every S-th event also runs /bin/true as a child process (fork+exec)")
 	threadChurnEvery := flag.Int("thread-churn-every", 0, "every T-th event a goroutine locks its OS thread and exits, ending the thread")
+	kubeWatch := flag.String("kube-watch", "", "instead of producing events, watch this Kubernetes API URL (a list path with ?watch=1) and reconcile each changed object")
+	kubeToken := flag.String("kube-token", "", "file holding the bearer token for -kube-watch")
 	flag.Parse()
 	if *workers < 1 || *objects < 1 || *calls < 0 || *rate < 0 {
 		fmt.Fprintln(os.Stderr, "sample-operator: -workers and -objects must be >= 1, -calls and -rate >= 0")
@@ -262,6 +265,11 @@ func main() {
 	if *waitSignal {
 		fmt.Printf("ready pid=%d\n", os.Getpid())
 		<-start
+	}
+
+	if *kubeWatch != "" {
+		go watchProducer(c.queue, *kubeWatch, *kubeToken)
+		select {} // the signal goroutine exits on SIGINT/SIGTERM
 	}
 
 	go func() {

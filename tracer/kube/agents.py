@@ -1,0 +1,238 @@
+"""Tracing from anywhere: an agent started next to the operator, streamed back over the API.
+
+`--agent ephemeral` adds an ephemeral container to the operator's pod (kubectl debug
+--target's way: it shares the operator container's PID namespace, with SYS_PTRACE and no other
+right); `--agent node` starts a short-lived pod on the operator's node with the host's PID
+namespace, removed afterwards. Either runs `tracer agent`, whose JSON lines come back through
+the pod's attach stream.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from tracer.errors import UserError
+from tracer.kube.client import Connection, api_error
+from tracer.kube.pods import PodTarget
+
+DEFAULT_IMAGE = "ghcr.io/tracer-dev/tracer-agent:latest"
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class AgentContainer:
+    pod: str  # where the agent runs (the operator's pod, or the node pod)
+    namespace: str
+    container: str
+    kind: str  # "ephemeral" or "node"
+
+
+def agent_name() -> str:
+    return f"tracer-agent-{secrets.token_hex(3)}"
+
+
+def _server_minor(conn: Connection) -> tuple[int, str]:
+    from kubernetes import client
+
+    try:
+        version = client.VersionApi(conn.api).get_code()
+    except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
+        raise api_error(exc, "get", "version", None) from None
+    digits = "".join(ch for ch in version.minor if ch.isdigit())
+    return int(digits or 0), version.git_version
+
+
+def ephemeral_spec(name: str, image: str, target: PodTarget, args: list[str]) -> dict:
+    return {
+        "name": name,
+        "image": image,
+        "command": ["tracer", "agent"],
+        "args": args,
+        "stdin": True,
+        "tty": False,
+        "targetContainerName": target.container,
+        # ptrace needs this and nothing more; the operator's own user and rights stay as
+        # they are.
+        "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}},
+    }
+
+
+def add_ephemeral(conn: Connection, target: PodTarget, image: str, args: list[str]
+                  ) -> AgentContainer:
+    """Ask the API server for the ephemeral container; before 1.22 the subresource takes an
+    `EphemeralContainers` object, since then a Pod."""
+    minor, git_version = _server_minor(conn)
+    name = agent_name()
+    spec = ephemeral_spec(name, image, target, args)
+    if minor >= 22:
+        body = {"spec": {"ephemeralContainers": [spec]}}
+    else:
+        body = {"apiVersion": "v1", "kind": "EphemeralContainers",
+                "metadata": {"name": target.pod}, "ephemeralContainers": [spec]}
+    from kubernetes import client
+
+    try:
+        # Not decoded: before 1.22 the answer is an EphemeralContainers object, not a Pod.
+        client.CoreV1Api(conn.api).patch_namespaced_pod_ephemeralcontainers(
+            target.pod, target.namespace, body,
+            _content_type="application/strategic-merge-patch+json", _preload_content=False)
+    except Exception as exc:  # noqa: BLE001 - said in one line below
+        status = getattr(exc, "status", None)
+        if status in (404, 405):
+            raise UserError(
+                f"the API server ({git_version}) does not serve pods/ephemeralcontainers "
+                "(ephemeral containers are off before Kubernetes 1.23 unless the "
+                "EphemeralContainers feature gate is on): use --agent node, or run the "
+                "tracer on the pod's node") from None
+        if status == 403:
+            raise UserError(
+                f"access denied: the account may not patch pods/ephemeralcontainers in "
+                f"namespace {target.namespace} (RBAC: grant verb 'patch' on resource "
+                "'pods/ephemeralcontainers')") from None
+        raise api_error(exc, "patch", "pods/ephemeralcontainers", target.namespace,
+                        target.pod) from None
+    return AgentContainer(target.pod, target.namespace, name, "ephemeral")
+
+
+def node_pod_spec(name: str, image: str, target: PodTarget, args: list[str]) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": target.namespace,
+                     "labels": {"app.kubernetes.io/name": "tracer-agent",
+                                "tracer.dev/target-pod": target.pod}},
+        "spec": {
+            "nodeName": target.node,
+            "hostPID": True,
+            "restartPolicy": "Never",
+            # Never outlive the trace by long, even if the tracer dies before removing it.
+            "activeDeadlineSeconds": 24 * 3600,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{
+                "name": "agent",
+                "image": image,
+                "command": ["tracer", "agent"],
+                "args": ["--container-id", target.container_id, *args],
+                "stdin": True,
+                "stdinOnce": True,
+                "tty": False,
+                "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}},
+            }],
+        },
+    }
+
+
+def add_node_pod(conn: Connection, target: PodTarget, image: str, args: list[str]
+                 ) -> AgentContainer:
+    from kubernetes import client
+
+    if not target.node:
+        raise UserError(f"pod {target.pod} has no node yet: nothing to trace")
+    name = agent_name()
+    body = node_pod_spec(name, image, target, args)
+    try:
+        client.CoreV1Api(conn.api).create_namespaced_pod(target.namespace, body)
+    except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
+        raise api_error(exc, "create", "pods", target.namespace) from None
+    return AgentContainer(name, target.namespace, "agent", "node")
+
+
+def remove(conn: Connection, agent: AgentContainer) -> None:
+    """The node pod goes; an ephemeral container cannot be removed, it ends with the agent."""
+    from kubernetes import client
+
+    if agent.kind != "node":
+        return
+    try:
+        client.CoreV1Api(conn.api).delete_namespaced_pod(agent.pod, agent.namespace,
+                                                         grace_period_seconds=0)
+    except Exception:  # noqa: BLE001, S110 - already gone or no right: nothing more to do
+        pass
+
+
+def _running(pod, agent: AgentContainer) -> tuple[bool, str]:
+    statuses = (pod.status.ephemeral_container_statuses if agent.kind == "ephemeral"
+                else pod.status.container_statuses) or []
+    for status in statuses:
+        if status.name != agent.container or status.state is None:
+            continue
+        if status.state.running is not None:
+            return True, ""
+        if status.state.terminated is not None:
+            t = status.state.terminated
+            return False, f"it ended ({t.reason or ''} exit code {t.exit_code})"
+        if status.state.waiting is not None:
+            w = status.state.waiting
+            if w.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                return False, f"its image cannot be pulled ({w.reason}: {w.message or ''})"
+    return False, ""
+
+
+def wait_running(conn: Connection, agent: AgentContainer, image: str,
+                 timeout: float = START_TIMEOUT_S) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(conn.api)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pod = core.read_namespaced_pod(agent.pod, agent.namespace)
+        except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
+            raise api_error(exc, "get", "pods", agent.namespace, agent.pod) from None
+        running, failure = _running(pod, agent)
+        if running:
+            return
+        if failure:
+            raise UserError(f"the agent container {agent.container} did not start: {failure} "
+                            f"(image {image}; set another with --agent-image)")
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"the agent container {agent.container} in pod {agent.pod} did not start within "
+                f"{timeout:g} s (image {image}; is the node's kubelet pulling it? set another "
+                "with --agent-image)")
+        time.sleep(0.5)
+
+
+class AttachStream:
+    """The agent's attach stream as the receiver wants it: lines in, bytes out."""
+
+    def __init__(self, conn: Connection, agent: AgentContainer) -> None:
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        core = client.CoreV1Api(conn.api)
+        try:
+            self._ws = stream(core.connect_get_namespaced_pod_attach, agent.pod,
+                              agent.namespace, container=agent.container, stdin=True,
+                              stdout=True, stderr=True, tty=False, _preload_content=False)
+        except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
+            raise api_error(exc, "create", "pods/attach", agent.namespace, agent.pod) from None
+        self._buffer = ""
+        self.stderr: list[str] = []
+
+    def read_line(self) -> bytes:
+        """The next line, or b"" when the stream has ended."""
+        while "\n" not in self._buffer:
+            if not self._ws.is_open():
+                rest, self._buffer = self._buffer, ""
+                return rest.encode()
+            self._ws.update(timeout=1)
+            if self._ws.peek_stdout():
+                self._buffer += self._ws.read_stdout()
+            if self._ws.peek_stderr():
+                self.stderr.append(self._ws.read_stderr())
+        line, _, self._buffer = self._buffer.partition("\n")
+        return (line + "\n").encode()
+
+    def write(self, data: bytes) -> None:
+        self._ws.write_stdin(data.decode())
+
+    def close(self) -> None:
+        self._ws.close()
+
+
+def stop_line(reason: str) -> bytes:
+    return (json.dumps({"stop": reason}) + "\n").encode()

@@ -1,0 +1,38 @@
+"""`tracer attach POD`: pods named in kubectl's words, traced as local processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracer.kube.client import Connection, connect
+from tracer.kube.local import LocalContainer, locate
+from tracer.kube.pods import resolve
+from tracer.kube.watch import Watcher, kinds_of
+
+
+@dataclass
+class KubeTargets:
+    conn: Connection
+    namespace: str
+    containers: list[LocalContainer]
+
+    def watcher(self, names: tuple[str, ...], functions: list[str]) -> Watcher | None:
+        """--watch's resources; by default the kinds the reconcilers are named after that
+        the API server has (none is an error then: the operator may reconcile other kinds)."""
+        if names == ("none",):
+            return None
+        if names:
+            return Watcher(self.conn, list(names), self.namespace)
+        kinds = kinds_of(functions)
+        if not kinds:
+            return None
+        watcher = Watcher(self.conn, kinds, self.namespace, skip_missing=True)
+        return watcher if watcher.resources else None
+
+
+def local_pods(target: str | None, selector: str | None, namespace: str | None,
+               container: str | None, context: str | None, kubeconfig: str | None
+               ) -> KubeTargets:
+    conn = connect(kubeconfig, context)
+    pods = resolve(conn, target, selector, namespace, container)
+    return KubeTargets(conn, namespace or conn.namespace, [locate(p) for p in pods])
