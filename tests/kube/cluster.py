@@ -127,17 +127,18 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float,
     pytest.fail(f"{url} not healthy after {timeout} s ({last}):\n{log.read_text()[-3000:]}")
 
 
-def _kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> Path:
+def _kubeconfig(path: Path, server: str, ca: Path, users: dict[str, str]) -> Path:
+    """One context per user (named after the user), the first one current."""
     # JSON is YAML, which is what kubeconfig readers parse.
     path.write_text(json.dumps({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "tracer-test",
                       "cluster": {"server": server, "certificate-authority": str(ca)}}],
-        "users": [{"name": user, "user": {"token": token}}],
+        "users": [{"name": user, "user": {"token": token}} for user, token in users.items()],
         "contexts": [{"name": user, "context": {"cluster": "tracer-test", "user": user,
-                                                "namespace": "default"}}],
-        "current-context": user,
+                                                "namespace": "default"}} for user in users],
+        "current-context": next(iter(users)),
     }, indent=1))
     path.chmod(0o600)
     return path
@@ -155,8 +156,9 @@ def _end(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 @dataclass
 class KubeCluster:
-    """A running etcd + kube-apiserver. `kubeconfig` is an admin (system:masters);
-    `denied_kubeconfig` authenticates a user that RBAC gives no rights at all."""
+    """A running etcd + kube-apiserver. `kubeconfig`'s current context is an admin
+    (system:masters, context ADMIN_USER) and it has a second context, DENIED_USER, for a user
+    that RBAC gives no rights at all; `denied_kubeconfig` has only that user."""
 
     directory: Path
     server: str  # https://127.0.0.1:PORT
@@ -242,6 +244,8 @@ def start_cluster(directory: Path, ready_timeout: float = 120) -> KubeCluster:
              "--service-cluster-ip-range", "10.96.0.0/16",
              # The 'kubernetes' Service's endpoint would be 127.0.0.1, which validation rejects.
              "--endpoint-reconciler-type", "none",
+             # 1.20 serves pods/ephemeralcontainers only behind this (alpha) gate.
+             "--feature-gates", "EphemeralContainers=true",
              "--profiling=false", "--logtostderr", "-v", "1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(apiserver_log, "w"),
@@ -256,13 +260,30 @@ def start_cluster(directory: Path, ready_timeout: float = 120) -> KubeCluster:
         _end(etcd_proc)
         raise
     ready = time.monotonic() - t0
-    return KubeCluster(
+    cluster = KubeCluster(
         directory=directory, server=server, ca=certs["ca"],
         admin_token=admin_token, denied_token=denied_token,
+        # The admin's file also holds the other user's context, for --context.
         kubeconfig=_kubeconfig(directory / "admin.kubeconfig", server, certs["ca"],
-                               ADMIN_USER, admin_token),
+                               {ADMIN_USER: admin_token, DENIED_USER: denied_token}),
         denied_kubeconfig=_kubeconfig(directory / "denied.kubeconfig", server, certs["ca"],
-                                      DENIED_USER, denied_token),
+                                      {DENIED_USER: denied_token}),
         etcd=etcd_proc, apiserver=apiserver_proc, etcd_log=etcd_log,
         apiserver_log=apiserver_log, ready_seconds=ready,
     )
+    register_node(cluster)
+    return cluster
+
+
+def register_node(cluster: KubeCluster) -> None:
+    """This machine as a Ready Node, as its kubelet would register it: pods name it in
+    spec.nodeName."""
+    core = cluster.core
+    core.create_node({"metadata": {"name": cluster.node_name,
+                                   "labels": {"kubernetes.io/hostname": cluster.node_name}}})
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    core.patch_node_status(cluster.node_name, {"status": {
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                      {"type": "Hostname", "address": cluster.node_name}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}]}})

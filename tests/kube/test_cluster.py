@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 from helpers import alive, wait_until
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from .cluster import DENIED_USER
 from .pods import Kube
 
 HEX64 = r"[0-9a-f]{64}"
@@ -103,11 +106,26 @@ def test_operator_is_pid_1_of_its_own_pid_namespace_and_traceable_truth(kube_pod
     assert os.readlink(f"/proc/{pod.host_pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
     assert os.readlink(f"/proc/{pod.host_pid}/exe").endswith("go1.27/sample-operator")
     # The pod's hostname is its name, as in a real pod (leader-election identities use it).
-    assert os.readlink(f"/proc/{pod.host_pid}/ns/uts") != os.readlink("/proc/self/ns/uts")
+    seen = subprocess.run(["nsenter", "-t", str(pod.host_pid), "-u", "hostname"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert seen == "op-ns" != socket.gethostname()
     # The host PID is the operator itself: a signal to it starts its work.
     pod.start_work()
     done = wait_until(pod.operator.done, 30, "the operator to finish its calls")
     assert len(pod.operator.calls()) >= 12 and done["done"]
+
+
+def test_node_is_registered_and_ephemeral_containers_are_served(kube_cluster, kube_pod):
+    node = kube_cluster.core.read_node(socket.gethostname())
+    assert [c.status for c in node.status.conditions if c.type == "Ready"] == ["True"]
+    kube_pod("op-eph")
+    kube_cluster.core.patch_namespaced_pod_ephemeralcontainers("op-eph", "default", {
+        "ephemeralContainers": [{"name": "debugger", "image": "example.com/tracer:dev",
+                                 "targetContainerName": "manager",
+                                 "terminationMessagePolicy": "File"}]})
+    spec = kube_cluster.core.read_namespaced_pod("op-eph", "default").spec
+    assert [(e.name, e.target_container_name) for e in spec.ephemeral_containers] == [
+        ("debugger", "manager")]
 
 
 def test_token_without_rights_is_forbidden(kube_cluster, kube_pod):
@@ -119,6 +137,12 @@ def test_token_without_rights_is_forbidden(kube_cluster, kube_pod):
     assert 'cannot list resource "pods"' in json.loads(excinfo.value.body)["message"]
     admin = client.CoreV1Api(kube_cluster.client_for(kube_cluster.kubeconfig))
     assert [p.metadata.name for p in admin.list_namespaced_pod("default").items] == ["op-denied"]
+    # The admin's kubeconfig names the same user as a second context.
+    other = client.CoreV1Api(config.new_client_from_config(
+        config_file=str(kube_cluster.kubeconfig), context=DENIED_USER))
+    with pytest.raises(ApiException) as excinfo:
+        other.list_namespaced_pod("default")
+    assert excinfo.value.status == 403
 
 
 def test_several_containers_each_with_own_process(kube_cluster, kube_pod):
