@@ -1,0 +1,7 @@
+module github.com/percona/percona-postgresql-operator
+
+go 1.19
+
+require example.com/probe-harness v0.0.0
+
+replace example.com/probe-harness => ../probe-harness

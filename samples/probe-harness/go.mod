@@ -1,0 +1,3 @@
+module example.com/probe-harness
+
+go 1.19

@@ -1,0 +1,23 @@
+// Command manager runs the PerconaServerMongoDB reconciler of this sample on
+// a work queue (flags: see example.com/probe-harness).
+package main
+
+import (
+	"context"
+
+	"example.com/probe-harness"
+	"github.com/percona/percona-server-mongodb-operator/pkg/controller/perconaservermongodb"
+)
+
+// reconciler is how controller-runtime calls it: through an interface.
+type reconciler interface {
+	Reconcile(context.Context, harness.Request) (harness.Result, error)
+}
+
+func main() {
+	o := harness.Start()
+	var r reconciler = &perconaservermongodb.ReconcilePerconaServerMongoDB{
+		ErrorEvery: o.ErrorEvery, RequeueAfterEvery: o.RequeueAfterEvery, Truth: o.Truth}
+	o.RunWorkers(func(ctx context.Context, req harness.Request) { r.Reconcile(ctx, req) })
+	o.Finish()
+}

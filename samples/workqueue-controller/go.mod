@@ -1,0 +1,7 @@
+module k8s.io/sample-controller
+
+go 1.19
+
+require example.com/probe-harness v0.0.0
+
+replace example.com/probe-harness => ../probe-harness
