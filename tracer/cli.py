@@ -41,7 +41,7 @@ def _default_output(name: str, pid: int | str) -> str:
 
 
 def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
-           plain: bool, backend: str, budget: tuple[float, float]) -> None:
+           plain: bool, backend: str, budget: tuple[float, float], watcher=None) -> None:
     from tracer.session.session import Session
     from tracer.session.tracefile import clock_pair
 
@@ -71,14 +71,23 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
     session = Session(target, info, plan, output, duration, on_span, on_status,
                       backend_factory=factory, backend_note=note, max_stopped=budget[0],
                       budget_window=budget[1])
-    if live:
-        try:
-            outcome = _run_live(session)
-        finally:
-            for message in messages:
-                click.echo(message, err=True)
-    else:
-        outcome = session.run()
+    if watcher is not None:
+        watcher.start(session.record, on_status)
+    try:
+        if live:
+            try:
+                outcome = _run_live(session)
+            finally:
+                for message in messages:
+                    click.echo(message, err=True)
+        else:
+            outcome = session.run()
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    if watcher is not None and watcher.events:
+        click.echo(f"recorded {watcher.events} watch event(s) of "
+                   f"{', '.join(watcher.describe())}", err=True)
     status = f", operator {outcome.target_status}" if outcome.target_status else ""
     click.echo(
         f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
@@ -192,15 +201,64 @@ def trace_options(command):
     return command
 
 
+def kube_options(command):
+    """Where to find a pod, in kubectl's words."""
+    options = (
+        click.option("--namespace", "-n", metavar="NS",
+                     help="The pod's namespace. Default: the context's, else default."),
+        click.option("--container", "-c", metavar="NAME",
+                     help="The container to trace when the pod has several."),
+        click.option("--selector", "-l", metavar="SELECTOR",
+                     help="Trace every running pod that matches, into one file; each span "
+                          "says its pod."),
+        click.option("--context", metavar="NAME", help="The kubeconfig context to use."),
+        click.option("--kubeconfig", metavar="FILE",
+                     help="Kubeconfig file. Default: $KUBECONFIG, ~/.kube/config, or the "
+                          "pod's service account when run in a pod."),
+        click.option("--watch", "-w", "watch", multiple=True, metavar="RESOURCE",
+                     help="Also record ADDED/MODIFIED/DELETED events of these objects "
+                          "(e.g. configmaps, samples.example.com; repeatable). Default: the "
+                          "kinds the reconcilers are named after, when the API has them. "
+                          "'none' records none."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.argument("pid", type=int)
+@click.argument("target", required=False)
 @trace_options
-def attach(pid: int, output: str | None, duration: float | None, symbol: str | None,
-           probe: str | None, no_args: bool, quiet: bool, plain: bool, backend: str,
-           max_stopped: float, budget_window: float) -> None:
-    """Attach to a running process and record every reconcile call until Ctrl-C."""
+@kube_options
+def attach(target: str | None, output: str | None, duration: float | None,
+           symbol: str | None, probe: str | None,
+           no_args: bool, quiet: bool, plain: bool, backend: str,
+           max_stopped: float, budget_window: float, namespace: str | None,
+           container: str | None, selector: str | None, context: str | None,
+           kubeconfig: str | None, watch: tuple[str, ...]) -> None:
+    """Attach to a running operator and record every reconcile call until Ctrl-C.
+
+    TARGET is a PID, or a pod as kubectl names it: POD, pod/NAME, deploy/NAME (the pod
+    holding the leader-election lease, else the first ready one); or use -l SELECTOR."""
     from tracer.session.session import Target
 
+    if target is not None and target.isdigit() and selector is None:
+        if namespace or container or context or kubeconfig or watch:
+            raise UserError(f"{target} is a PID: -n, -c, --context, --kubeconfig and --watch "
+                            "are for pods")
+        pid, tags, kube = int(target), None, None
+    else:
+        from tracer.kube.session import local_pods
+
+        kube = local_pods(target, selector, namespace, container, context, kubeconfig)
+        if len(kube.containers) > 1:
+            kube.trace_all(output, duration, symbol, no_args, quiet, plain, backend,
+                           (max_stopped, budget_window), watch)
+            return
+        pid, tags = kube.containers[0].pid, kube.containers[0].tags()
+        chosen = kube.containers[0].target
+        if chosen.chosen_because:
+            click.echo(f"tracing pod {chosen.pod}: {chosen.chosen_because}", err=True)
     proc = inspect_process(pid)
     info = _analyze(proc.exe, shown=proc.exe_target)
     plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
@@ -208,10 +266,12 @@ def attach(pid: int, output: str | None, duration: float | None, symbol: str | N
         click.echo(plan.choice, err=True)
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
-    out = check_output(output or _default_output(proc.name, pid), "--output")
-    target = Target(pid=pid, name=proc.name, exe=proc.exe_target)
-    _trace(target, info, plan, out, duration, quiet, plain, backend,
-           (max_stopped, budget_window))
+    name = kube.containers[0].target.pod if kube else proc.name
+    out = check_output(output or _default_output(name, pid), "--output")
+    run_target = Target(pid=pid, name=proc.name, exe=proc.exe_target, tags=tags)
+    watcher = kube.watcher(watch, plan.functions) if kube else None
+    _trace(run_target, info, plan, out, duration, quiet, plain, backend,
+           (max_stopped, budget_window), watcher)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -285,12 +345,13 @@ def symbols(target: str, regex: str | None) -> None:
 
 def _register_commands() -> None:
     # Each lives in its own module and imports its heavy libraries only when it runs.
+    from tracer.front.agent_cmd import agent, receive
     from tracer.front.export_cmd import export
     from tracer.front.plot_cmd import plot
     from tracer.front.probes_cmd import probes
     from tracer.front.report_cmd import report
 
-    for command in (report, export, plot, probes):
+    for command in (report, export, plot, probes, agent, receive):
         cli.add_command(command)
 
 

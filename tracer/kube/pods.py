@@ -28,16 +28,17 @@ class PodTarget:
                 "node": self.node, "container_id": self.container_id}
 
 
-def _call(fn, verb: str, resource: str, namespace: str | None, name: str | None = None, **kw):
+def _call(fn, verb: str, resource: str, where: str | None, object_name: str | None = None,
+          /, **kw):
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     try:
         return fn(**kw)
     except ApiException as exc:
-        raise api_error(exc, verb, resource, namespace, name) from None
+        raise api_error(exc, verb, resource, where, object_name) from None
     except HTTPError as exc:
-        raise api_error(exc, verb, resource, namespace, name) from None
+        raise api_error(exc, verb, resource, where, object_name) from None
 
 
 def parse_target(text: str) -> tuple[str, str]:

@@ -45,6 +45,9 @@ class Target:
     name: str = ""
     exe: str | None = None  # the executable's own path, for the header
     output_log: str | None = None  # `run`: the program's stdout/stderr go here, not the screen
+    # Where the process runs (e.g. {"k8s": {pod, namespace, container, node, container_id}}):
+    # written into the header and into every span.
+    tags: dict | None = None
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Session:
         self.pairer = Pairer(plan, self._emit)
         self._on_debugger_death: Callable[[], None] | None = None
         self._repaired: list[int] | None = None
+        self._early: list[dict] | None = []
+        self._early_lock = threading.Lock()
 
     # -- signals ---------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -116,7 +121,24 @@ class Session:
         return previous
 
     # -- hits --------------------------------------------------------------------------------
+    def record(self, line: dict) -> None:
+        """Add a line of another source (watch events) to the trace; held back until the
+        header is written, as the header must stay the file's first line."""
+        with self._early_lock:
+            if self._early is not None:
+                self._early.append(line)
+                return
+        self.writer.write(line)
+
+    def _flush_early(self) -> None:
+        with self._early_lock:
+            early, self._early = self._early or [], None
+        for line in early:
+            self.writer.write(line)
+
     def _emit(self, span: dict) -> None:
+        if self.target.tags:
+            span.update(self.target.tags)
         self.writer.write(span)
         if self.on_span is None:
             return
@@ -186,6 +208,7 @@ class Session:
             "capture_args": self.plan.capture_args,
             "attach_pause_ms": attach_pause_ms,
             "notes": self.plan.notes,
+            **(self.target.tags or {}),
         }
 
     def _spawn_parked(self) -> tuple[subprocess.Popen, Callable[[], None]]:
@@ -269,6 +292,7 @@ class Session:
                                                              True) else 0.0
         self.header = self._header(pid, round(pause_ms, 3), armed)
         self.writer.write(self.header)
+        self._flush_early()
         self._reader = threading.Thread(target=self._read_hits,
                                         args=(backend.hits_fd, self.pairer),
                                         name="tracer-hits", daemon=True)
