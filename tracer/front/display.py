@@ -1,0 +1,154 @@
+"""What a tracing run shows while it records, for a local session and for a stream received
+from an agent alike: a line per call, status messages, the live screen, the closing summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+from tracer.front.lines import LineFormatter
+from tracer.front.live.screen import Cost, Header
+
+# Ways a run ends that the user must hear about in the exit status.
+FAILED_REASONS = frozenset(("debugger-died", "write-failed", "pause-budget", "error",
+                            "stream-broken", "stop-timeout"))
+
+
+@dataclass
+class Screen:
+    """What the live screen reads from a run, each when it redraws."""
+
+    header: Callable[[], Header]
+    in_flight: Callable[[], dict[str, int]]
+    cost: Callable[[], Cost | None]
+    since: Callable[[], int | None]  # the run's start, on the clock of its spans
+    offset: Callable[[], int]  # realtime - monotonic of that clock
+    now: Callable[[], int] = time.monotonic_ns  # that clock, now
+
+
+def header_line(header: dict | None, fallback: str = "attaching...") -> tuple[str, str]:
+    """(target, binary) as the screen's first line names them, from a trace header."""
+    if not header:
+        return fallback, ""
+    target = f"PID {header['target']['pid']} ({header['target']['name']})"
+    via = header.get("via") or {}
+    if via.get("pod"):
+        target = f"pod {via.get('namespace') or '?'}/{via['pod']} {target}"
+    b = header["binary"]
+    binary = " ".join(x for x in (b.get("go_version") or b["language"],
+                                  "stripped" if b["stripped"] else "") if x)
+    return target, binary
+
+
+def session_screen(session) -> Screen:
+    def header() -> Header:
+        target, binary = header_line(session.header)
+        return Header(target, binary, session.plan.probe, session.backend_name)
+
+    def cost() -> Cost | None:
+        writer = session.writer
+        return Cost(session.pairer.stats.hits, session.handler_ns,
+                    writer.lines if writer else 0, writer.bytes if writer else 0)
+
+    def since() -> int | None:
+        return session.header["clock"]["monotonic_ns"] if session.header else None
+
+    def offset() -> int:
+        clock = session.header["clock"] if session.header else None
+        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
+
+    return Screen(header, lambda: session.pairer.in_flight, cost, since, offset)
+
+
+def receiver_screen(receiver) -> Screen:
+    """The agent's spans are on its own monotonic clock (another machine's, maybe): the
+    screen's `now` is mapped onto it by the offset the receiver measures."""
+
+    def header() -> Header:
+        h = receiver.header
+        target, binary = header_line(h, "waiting for the agent...")
+        return Header(target, binary, h["probe"] if h else "?",
+                      f"{h['backend']} via agent" if h else "agent")
+
+    def cost() -> Cost | None:
+        stats, writer = receiver.stats, receiver.writer
+        return Cost(stats.get("hits", 0), stats.get("handler_ns", 0),
+                    writer.lines if writer else 0, writer.bytes if writer else 0)
+
+    def since() -> int | None:
+        return receiver.header["clock"]["monotonic_ns"] if receiver.header else None
+
+    def offset() -> int:
+        clock = receiver.header["clock"] if receiver.header else None
+        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
+
+    return Screen(header, lambda: receiver.stats.get("in_flight", {}), cost, since, offset,
+                  now=receiver.agent_now)
+
+
+def run_live(run, screen: Screen):
+    """`run.run()` under the live screen; its spans go to the screen's state instead of lines."""
+    from tracer.front.live.app import LiveView
+    from tracer.front.live.state import LiveState
+
+    state = LiveState()
+    run.on_span = state.add
+    view = LiveView(state, screen.header, screen.in_flight, screen.cost, screen.since,
+                    now=screen.now, clock_offset=screen.offset,
+                    on_quit=lambda: run.request_stop("quit"))
+    with view:
+        return run.run()
+
+
+class Display:
+    """Lines per call or the live screen, status messages, and the closing summary."""
+
+    def __init__(self, quiet: bool, plain: bool) -> None:
+        self.quiet = quiet
+        self.live = not plain and not quiet and sys.stdout.isatty()
+        self.messages: list[str] = []  # said while the screen is up: shown once it is gone
+        self.run_source = None
+        self._formatter: LineFormatter | None = None
+
+    def on_span(self, span: dict) -> None:
+        if self.quiet:
+            return
+        if self._formatter is None:
+            # The clock of the run's header: a remote agent's wall clock maps its spans.
+            header = getattr(self.run_source, "header", None)
+            self._formatter = LineFormatter(header["clock"] if header else None)
+        click.echo(self._formatter.format(span))
+
+    def on_status(self, message: str) -> None:
+        if self.live:
+            self.messages.append(message)
+        else:
+            click.echo(message, err=True)
+
+    def run(self, source, screen: Screen):
+        self.run_source = source
+        if not self.live:
+            return source.run()
+        try:
+            return run_live(source, screen)
+        finally:
+            for message in self.messages:
+                click.echo(message, err=True)
+
+    def finish(self, outcome) -> None:
+        """The `ended (...)` line; exit status 1 when the run failed."""
+        status = f", operator {outcome.target_status}" if outcome.target_status else ""
+        unfinished = "?" if outcome.unfinished is None else outcome.unfinished
+        click.echo(f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
+                   f"{unfinished} unfinished, written to {outcome.output}", err=True)
+        if self.live:
+            click.echo(f"the screen again: tracer view {outcome.output} --summary", err=True)
+        if outcome.code_restored is False:
+            click.echo("tracer: error: breakpoint bytes are still in the operator after "
+                       "detaching; it will crash on its next call there", err=True)
+        if outcome.code_restored is False or outcome.reason in FAILED_REASONS:
+            sys.exit(1)
