@@ -14,7 +14,6 @@ from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
 from tracer.errors import EXIT_USAGE, UserError
 from tracer.exports.output import check_output
-from tracer.front.lines import LineFormatter
 from tracer.probes.compile import compile_plan, is_cr_reconcile
 from tracer.targets.process import inspect_process
 
@@ -42,102 +41,34 @@ def _default_output(name: str, pid: int | str) -> str:
 
 def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
            plain: bool, backend: str, budget: tuple[float, float], watcher=None) -> None:
+    from tracer.front.display import Display, session_screen
     from tracer.session.session import Session
-    from tracer.session.tracefile import clock_pair
 
-    formatter = LineFormatter(clock_pair())
-    messages: list[str] = []
-    live = not plain and not quiet and sys.stdout.isatty()
-
-    def on_span(span: dict) -> None:
-        if not quiet:
-            click.echo(formatter.format(span))
-
-    def on_status(message: str) -> None:
-        if live:
-            messages.append(message)  # shown once the screen is gone
-        else:
-            click.echo(message, err=True)
-
+    display = Display(quiet, plain)
     factory, note = choose_backend(backend, info)
     if getattr(factory, "name", "") == "dlv":
-        on_status("note: if Delve itself is killed while the operator is busy, the operator "
-                  "dies of SIGTRAP (its breakpoints outlive it); --backend uprobe cannot harm "
-                  "it that way, and gdb's breakpoints are repaired in time")
-    if live and target.argv:
+        display.on_status("note: if Delve itself is killed while the operator is busy, the "
+                          "operator dies of SIGTRAP (its breakpoints outlive it); --backend "
+                          "uprobe cannot harm it that way, and gdb's breakpoints are repaired "
+                          "in time")
+    if display.live and target.argv:
         # The program's own output would tear the screen apart: keep it beside the trace.
         target.output_log = output + ".out"
-        messages.append(f"the program's output is in {target.output_log}")
-    session = Session(target, info, plan, output, duration, on_span, on_status,
-                      backend_factory=factory, backend_note=note, max_stopped=budget[0],
-                      budget_window=budget[1])
+        display.messages.append(f"the program's output is in {target.output_log}")
+    session = Session(target, info, plan, output, duration, display.on_span,
+                      display.on_status, backend_factory=factory, backend_note=note,
+                      max_stopped=budget[0], budget_window=budget[1])
     if watcher is not None:
-        watcher.start(session.record, on_status)
+        watcher.start(session.record, display.on_status)
     try:
-        if live:
-            try:
-                outcome = _run_live(session)
-            finally:
-                for message in messages:
-                    click.echo(message, err=True)
-        else:
-            outcome = session.run()
+        outcome = display.run(session, session_screen(session))
     finally:
         if watcher is not None:
             watcher.stop()
     if watcher is not None and watcher.events:
         click.echo(f"recorded {watcher.events} watch event(s) of "
                    f"{', '.join(watcher.describe())}", err=True)
-    status = f", operator {outcome.target_status}" if outcome.target_status else ""
-    click.echo(
-        f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
-        f"{outcome.unfinished} unfinished, written to {outcome.output}",
-        err=True,
-    )
-    if live:
-        click.echo(f"the screen again: tracer view {outcome.output} --summary", err=True)
-    if outcome.code_restored is False:
-        click.echo("tracer: error: breakpoint bytes are still in the operator after "
-                   "detaching; it will crash on its next call there", err=True)
-    if outcome.code_restored is False or outcome.reason in (
-            "debugger-died", "write-failed", "pause-budget", "error"):
-        sys.exit(1)
-
-
-def _run_live(session):
-    from tracer.front.live.app import LiveView
-    from tracer.front.live.screen import Cost, Header
-    from tracer.front.live.state import LiveState
-
-    state = LiveState()
-    session.on_span = state.add
-
-    def header() -> Header:
-        h = session.header
-        target = f"PID {h['target']['pid']} ({h['target']['name']})" if h else "attaching..."
-        binary = ""
-        if h:
-            b = h["binary"]
-            binary = " ".join(x for x in (b.get("go_version") or b["language"],
-                                          "stripped" if b["stripped"] else "") if x)
-        return Header(target, binary, session.plan.probe, session.backend_name)
-
-    def cost() -> Cost | None:
-        writer = session.writer
-        return Cost(session.pairer.stats.hits, session.handler_ns,
-                    writer.lines if writer else 0, writer.bytes if writer else 0)
-
-    def since() -> int | None:
-        return session.header["clock"]["monotonic_ns"] if session.header else None
-
-    def offset() -> int:
-        clock = session.header["clock"] if session.header else None
-        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
-
-    view = LiveView(state, header, lambda: session.pairer.in_flight, cost, since,
-                    clock_offset=offset, on_quit=lambda: session.request_stop("quit"))
-    with view:
-        return session.run()
+    display.finish(outcome)
 
 
 OUTPUT = click.option("--output", "-o", metavar="FILE",
