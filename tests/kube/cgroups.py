@@ -139,18 +139,33 @@ class ContainerCgroup:
 
     def create(self) -> None:
         for hierarchy in self.hierarchies:
-            parent = hierarchy.directory(hierarchy.base)
-            for part in self.path.strip("/").split("/"):
-                directory = parent / part
-                if not directory.exists():
-                    directory.mkdir()
-                    self.created.append(directory)
-                    # v1 cpuset starts a new cgroup with no CPUs and no memory nodes, which
-                    # refuses every task; runc copies the parent's as well.
-                    for name in ("cpuset.cpus", "cpuset.mems"):
-                        if (parent / name).exists():
-                            (directory / name).write_text((parent / name).read_text())
+            # Another test session on this machine shares the kubepods parents and removes
+            # them when its last pod goes: a parent that vanishes under us is made again.
+            for _attempt in range(5):
+                try:
+                    self._create_in(hierarchy)
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                raise RuntimeError(f"could not create {self.path} in {hierarchy.mountpoint}")
+
+    def _create_in(self, hierarchy: Hierarchy) -> None:
+        parent = hierarchy.directory(hierarchy.base)
+        for part in self.path.strip("/").split("/"):
+            directory = parent / part
+            try:
+                directory.mkdir()
+            except FileExistsError:
                 parent = directory
+                continue
+            self.created.append(directory)
+            # v1 cpuset starts a new cgroup with no CPUs and no memory nodes, which refuses
+            # every task; runc copies the parent's as well.
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (parent / name).exists():
+                    (directory / name).write_text((parent / name).read_text())
+            parent = directory
 
 
 def remove_cgroups(cgroups: list[ContainerCgroup], timeout: float = 5) -> None:
