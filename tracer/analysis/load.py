@@ -37,6 +37,8 @@ SCHEMA: dict[str, pl.DataType] = {
     "namespace": _STR,
     "name": _STR,
     "event": _STR,
+    "parent": _I64,
+    "depth": _I64,
 }
 SPAN_COLUMNS = ["source", "id", "function", "start", "end", "namespace", "name", "requeue",
                 "requeue_after", "error_type", "panic_type", "status"]
@@ -72,6 +74,9 @@ class Loaded:
     events: pl.DataFrame  # ts, kind, namespace, name, event (watch events), wall-clock ns
     starts_only: bool  # timestamps files: start times and nothing else
     segments: list[tuple[int, int]] = field(default_factory=list)  # merged windows, sorted
+    # Child spans (probe role "step"): source, id, parent, depth, function, start, end. Kept
+    # apart from `spans`, so every reconcile statistic counts reconciles only.
+    steps: pl.DataFrame | None = None
 
 
 def _first_line(path: str) -> bytes:
@@ -118,8 +123,8 @@ def _last_record(path: str, size: int) -> tuple[dict | None, bool]:
     return (last if isinstance(last, dict) else None), cut
 
 
-def _read_trace(path: str, index: int, warn: Callable[[str], None]) -> tuple[Source, pl.DataFrame,
-                                                                              pl.DataFrame]:
+def _read_trace(path: str, index: int, warn: Callable[[str], None]
+                ) -> tuple[Source, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     size = os.path.getsize(path)
     header = json.loads(_first_line(path))
     last, cut = _last_record(path, size)
@@ -146,7 +151,11 @@ def _read_trace(path: str, index: int, warn: Callable[[str], None]) -> tuple[Sou
     offset = int(clock.get("realtime_ns", 0)) - int(clock.get("monotonic_ns", 0))
     end = last if last is not None and last.get("type") == "end" else None
 
-    spans = raw.filter(pl.col("type") == "span").select(
+    span_lines = raw.filter(pl.col("type") == "span")
+    steps = span_lines.filter(pl.col("parent").is_not_null()).select(
+        pl.lit(index, pl.UInt32).alias("source"), "id", "parent", "depth", "function",
+        (pl.col("start_ns") + offset).alias("start"), (pl.col("end_ns") + offset).alias("end"))
+    spans = span_lines.filter(pl.col("parent").is_null()).select(
         pl.lit(index, pl.UInt32).alias("source"),
         pl.col("id"),
         pl.col("function"),
@@ -182,7 +191,7 @@ def _read_trace(path: str, index: int, warn: Callable[[str], None]) -> tuple[Sou
     lo = min([v for v in [lo, *seen] if v is not None], default=0)
     hi = max([v for v in [hi, *seen] if v is not None], default=lo)
     source = Source(path, "trace", spans.height, events.height, cut, (lo, hi), header, end)
-    return source, spans, events
+    return source, spans, events, steps
 
 
 def _read_timestamps(path: str, index: int, warn: Callable[[str], None]) -> tuple[Source,
@@ -224,10 +233,12 @@ def load(paths: list[str], warn: Callable[[str], None] = lambda message: None) -
     sources: list[Source] = []
     span_frames: list[pl.DataFrame] = []
     event_frames: list[pl.DataFrame] = []
+    step_frames: list[pl.DataFrame] = []
     for index, (path, kind) in enumerate(zip(paths, kinds, strict=True)):
         if kind == "trace":
-            source, spans, events = _read_trace(path, index, warn)
+            source, spans, events, steps = _read_trace(path, index, warn)
             event_frames.append(events)
+            step_frames.append(steps)
         else:
             source, spans = _read_timestamps(path, index, warn)
         sources.append(source)
@@ -242,4 +253,5 @@ def load(paths: list[str], warn: Callable[[str], None] = lambda message: None) -
         raise UserError("no calls to report: " + ", ".join(
             f"{s.path} has no span" for s in sources))
     return Loaded(sources, add_codes(spans), events, starts_only=kinds[0] != "trace",
-                  segments=merge_windows([s.window for s in sources]))
+                  segments=merge_windows([s.window for s in sources]),
+                  steps=pl.concat(step_frames, how="vertical_relaxed") if step_frames else None)

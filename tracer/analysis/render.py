@@ -157,6 +157,22 @@ def _objects_table(objects: list[dict], top: int, several_functions: bool) -> Ta
     return table
 
 
+def _steps_tables(report: dict) -> list[Table]:
+    """Per reconcile function with steps: each step's calls, time and share of its time."""
+    tables = []
+    for parent in report.get("steps") or []:
+        table = _table(f"Steps of {short_function(parent['function'])} "
+                       f"({_pct(parent['in_steps_share'])} of its time in steps)",
+                       ("step", "calls", "per call", "total", "mean", "max", "share"))
+        for g in parent["steps"]:
+            label = "  " * (g["depth"] - 1) + short_function(g["function"]).rsplit(".", 1)[-1]
+            table.add_row(label, _n(g["calls"]), f"{g['per_reconcile']:.2g}",
+                          _t(g["total_s"]), _t(g["mean_s"]), _t(g["max_s"]),
+                          _pct(g["share"]))
+        tables.append(table)
+    return tables
+
+
 def render(report: dict, console: Console, top: int = 10) -> None:
     window = report["window"]
     sources = ", ".join(
@@ -175,6 +191,9 @@ def render(report: dict, console: Console, top: int = 10) -> None:
         console.print()
         console.print(_durations_table(rows))
         console.print()
+        for table in _steps_tables(report):
+            console.print(table)
+            console.print()
     else:
         console.print(Text(f"{total['calls']:,} start times (no durations, idle time or "
                            "results in these files)"))

@@ -18,6 +18,8 @@ JSON keys (stable; times in seconds, shares in 0..1, null where the input cannot
     causes: total, counts, shares, change_latency_s (count, mean, median, p90, max, min),
             settings                                          (null for timestamps files)
     changes: file, pairs, latency_s (as above)                (--changes only)
+    steps[]: where each reconcile function's time goes, from its child spans (probe role
+            "step"): see tracer.analysis.steps.summary          (null without steps)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import polars as pl
 
 from tracer.analysis import causes as causes_mod
 from tracer.analysis import stats
+from tracer.analysis import steps as steps_mod
 from tracer.analysis.load import Loaded
 from tracer.errors import UserError
 
@@ -127,6 +130,7 @@ def build(loaded: Loaded, *, bins: int | list[float] | None = None,
         "objects": objects,
         "causes": cause_summary,
         "changes": None,
+        "steps": steps_mod.summary(loaded),
     }
     if changes is not None:
         report["changes"] = change_pairs(loaded, changes, changes_path or "")
