@@ -82,7 +82,9 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
             str(fn.errors), str(fn.requeues), since_last,
         )
 
-    in_flight = sum(snap.in_flight.values())
+    steps = _steps_table(snap, width)
+    step_names = {st.function for st in snap.steps}
+    in_flight = sum(n for name, n in snap.in_flight.items() if name not in step_names)
     busy = min(snap.busy_ns, elapsed) if elapsed else 0
     idle_share = 1 - busy / elapsed if elapsed else 1.0
     streak = snap.now - snap.last_end if in_flight == 0 and snap.last_end else 0
@@ -114,7 +116,7 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
     # Rows left for the two lists at the bottom once the fixed parts are placed: the header
     # and footer may wrap, each table has a header and a rule.
     fixed = (len(top) // width + 1) + (2 + len(snap.functions)) + 1 + 3 + 2 \
-        + (len(footer) // width + 1)
+        + (len(footer) // width + 1) + (steps.row_count + 2 if steps is not None else 0)
     room = max(height - fixed, 2)
     tail_rows = max(1, min(len(snap.tail), room // 3))
     object_rows = max(1, room - tail_rows)
@@ -150,4 +152,31 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
         tail.add_row(dur(span.get("duration_ns")),
                      Text(f"{what}  {outcome(span)}", style="red" if bad else None))
 
-    return Group(top, functions, idle, objects, last_error, tail, footer)
+    parts = [top, functions, *([steps] if steps is not None else []), idle, objects,
+             last_error, tail, footer]
+    return Group(*parts)
+
+
+MAX_STEP_ROWS = 6
+
+
+def _steps_table(snap: Snapshot, width: int) -> Table | None:
+    """Where the reconciles' time goes: the steps with the most time, each with its share
+    of the time of the reconcile function that called it (nested steps are indented)."""
+    if not snap.steps:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
+                  show_edge=False)
+    table.add_column("step", ratio=3, no_wrap=True, overflow="ellipsis",
+                     min_width=min(40, max(16, width - 40)))
+    for column in ("calls", "total", "mean", "share"):
+        table.add_column(column, justify="right", no_wrap=True)
+    shown = sorted(snap.steps, key=lambda st: -st.total_ns)[:MAX_STEP_ROWS]
+    for st in shown:
+        parent = snap.functions.get(st.parent_function)
+        share = st.total_ns / parent.total_ns if parent and parent.total_ns else None
+        name = short_function(st.function).rsplit(".", 1)[-1]
+        table.add_row("  " * (st.depth - 1) + name, str(st.calls), dur(st.total_ns),
+                      dur(st.total_ns // st.calls if st.calls else None),
+                      "-" if share is None else f"{min(share, 1):.0%}")
+    return table

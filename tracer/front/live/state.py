@@ -19,6 +19,7 @@ TAIL = 200
 RECENT = 10_000  # durations kept per function for the percentiles
 MAX_INTERVALS = 4_096
 FORGET_AFTER_NS = 60_000_000_000
+PENDING_PARENTS = 10_000  # reconciles in flight whose steps wait for the reconcile's span
 
 
 class IntervalUnion:
@@ -69,6 +70,7 @@ class FunctionStats:
     max_ns: int | None = None
     recent_starts: deque = field(default_factory=deque)
     last_start: int | None = None
+    total_ns: int = 0  # of finished calls, what step shares are of
 
     def add_duration(self, ns: int) -> None:
         bisect.insort(self.durations, ns)
@@ -96,6 +98,17 @@ class ObjectStats:
 
 
 @dataclass
+class StepStats:
+    """A step function (child spans) within the reconcile function that called it."""
+
+    function: str
+    parent_function: str
+    depth: int
+    calls: int = 0
+    total_ns: int = 0
+
+
+@dataclass
 class Snapshot:
     now: int
     since: int | None
@@ -107,6 +120,7 @@ class Snapshot:
     busy_ns: int
     last_end: int | None
     spans: int
+    steps: list[StepStats] = field(default_factory=list)
 
 
 def result_word(span: dict) -> str:
@@ -131,13 +145,37 @@ class LiveState:
         self.busy = IntervalUnion()
         self.spans = 0
         self.first_start: int | None = None
+        self.steps: dict[tuple[str, str], StepStats] = {}
+        # A reconcile's steps end before it does: held by its span id until it arrives.
+        self.pending: dict[int, list[dict]] = {}
 
     def add(self, span: dict) -> None:
         with self._lock:
             self._add(span)
 
+    def _add_step(self, span: dict) -> None:
+        if span.get("end_ns") is None:
+            return
+        if len(self.pending) >= PENDING_PARENTS:
+            del self.pending[next(iter(self.pending))]
+        self.pending.setdefault(span["parent"], []).append(span)
+
+    def _steps_of(self, span: dict) -> None:
+        for step in self.pending.pop(span.get("id"), ()):
+            key = (span["function"], step["function"])
+            stats = self.steps.get(key)
+            if stats is None:
+                stats = self.steps[key] = StepStats(step["function"], span["function"],
+                                                    step.get("depth") or 1)
+            stats.calls += 1
+            stats.total_ns += step["end_ns"] - step["start_ns"]
+
     def _add(self, span: dict) -> None:
+        if span.get("parent") is not None:
+            self._add_step(span)
+            return
         self.spans += 1
+        self._steps_of(span)
         fn = self.functions.setdefault(span["function"], FunctionStats())
         start, end = span["start_ns"], span.get("end_ns")
         fn.calls += 1
@@ -147,6 +185,7 @@ class LiveState:
             fn.unfinished += 1
         else:
             fn.add_duration(end - start)
+            fn.total_ns += end - start
             self.busy.add(start, end)
         if span.get("error") or span.get("panic"):
             fn.errors += 1
@@ -182,7 +221,7 @@ class LiveState:
             functions = {
                 name: FunctionStats(fn.calls, fn.errors, fn.requeues, fn.unfinished,
                                     list(fn.durations), deque(), fn.max_ns,
-                                    deque(fn.recent_starts), fn.last_start)
+                                    deque(fn.recent_starts), fn.last_start, fn.total_ns)
                 for name, fn in self.functions.items()
             }
             return Snapshot(
@@ -196,4 +235,5 @@ class LiveState:
                 busy_ns=self.busy.total,
                 last_end=self.busy.last_end,
                 spans=self.spans,
+                steps=[StepStats(**vars(st)) for st in self.steps.values()],
             )
