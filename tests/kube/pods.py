@@ -309,6 +309,26 @@ class Kube:
                                                            _pending_status(pod))
         return pod
 
+    def pod_elsewhere(self, name: str, *, node: str = "node-b", namespace: str = "default",
+                      labels: dict | None = None,
+                      containers: list[str] | tuple[str, ...] = ("manager",),
+                      runtime: str = "containerd") -> KubePod:
+        """A pod Running on another node: its status has container ids, but no process of
+        this machine is in their cgroups."""
+        pod = self._create_pod(name, namespace, labels, containers, None, runtime, "systemd", 1,
+                               "burstable", None, containers[0], node=node)
+        pod.phase = "Running"
+        n = next(_pod_ips)
+        pod.pod_ip = f"10.244.{n // 250 + 100}.{n % 250 + 2}"
+        pod.object = self.core.patch_namespaced_pod_status(name, namespace,
+                                                           _running_status(pod, host_ip="10.0.0.2"))
+        return pod
+
+    def track(self, kind: str, namespace: str, name: str) -> None:
+        """Delete at teardown an object the test made itself; kind: pod, deployment,
+        replicaset or lease."""
+        self._objects.append((kind, namespace, name))
+
     def deployment(self, name: str, *, namespace: str = "default", replicas: int = 1,
                    labels: dict | None = None, containers: list[str] | tuple[str, ...] =
                    ("manager",), **pod_options) -> KubeDeployment:
@@ -410,14 +430,14 @@ class Kube:
         raise ValueError(f"cgroup_version must be 1 or 2, not {version!r}")
 
     def _create_pod(self, name, namespace, labels, containers, images, runtime, driver,
-                    cgroup_version, qos, owner, container) -> KubePod:
+                    cgroup_version, qos, owner, container, node=None) -> KubePod:
         if runtime not in RUNTIME_SCOPE_PREFIX:
             raise ValueError(f"runtime must be one of {sorted(RUNTIME_SCOPE_PREFIX)}")
         images = images or {}
         metadata: dict = {"name": name, "labels": labels or {}}
         if owner:
             metadata["ownerReferences"] = [owner]
-        node = socket.gethostname()
+        node = node or socket.gethostname()
         obj = self.core.create_namespaced_pod(namespace, {
             "metadata": metadata,
             "spec": {"nodeName": node,
@@ -459,10 +479,10 @@ def _conditions(ready: bool, stamp: str) -> list[dict]:
             for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")]
 
 
-def _running_status(pod: KubePod) -> dict:
+def _running_status(pod: KubePod, host_ip: str = "127.0.0.1") -> dict:
     stamp = now()
     return {"status": {
-                "phase": "Running", "hostIP": "127.0.0.1", "podIP": pod.pod_ip,
+                "phase": "Running", "hostIP": host_ip, "podIP": pod.pod_ip,
                 "podIPs": [{"ip": pod.pod_ip}], "startTime": stamp,
                 "qosClass": pod.object.status.qos_class,
                 "conditions": _conditions(True, stamp),

@@ -166,6 +166,24 @@ def test_pending_pod_has_no_container(kube_cluster, kube):
     assert status.container_id is None and status.state.waiting.reason == "ContainerCreating"
 
 
+def test_pod_elsewhere_runs_on_another_node_with_no_local_process(kube_cluster, kube):
+    pod = kube.pod_elsewhere("op-far", node="node-b")
+    got = kube_cluster.core.read_namespaced_pod("op-far", "default")
+    assert got.spec.node_name == "node-b" and got.status.phase == "Running"
+    assert got.status.container_statuses[0].container_id == f"containerd://{pod.container_id}"
+    assert pod.host_pid is None
+    local = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+             and pod.container_id in _read(p / "cgroup")]
+    assert local == []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # a process that ended while we looked
+        return ""
+
+
 def test_deployment_owns_its_pods_through_a_replicaset(kube_cluster, kube):
     kube.namespace("ops")
     dep = kube.deployment("op-dep", namespace="ops", replicas=2)
