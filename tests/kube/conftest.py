@@ -2,8 +2,9 @@
 
   kube_cluster  (session)  KubeCluster: server, ca, kubeconfig (admin), denied_kubeconfig,
                            admin_token, denied_token, api_client, core, node_name
-  kube          (test)     Kube: pod(), pending_pod(), deployment(), lease(), namespace();
-                           deletes the objects and ends the processes by PID at teardown
+  kube          (test)     Kube: pod(), pending_pod(), pod_elsewhere(), deployment(), lease(),
+                           namespace(), track(); deletes the objects and ends the processes
+                           by PID at teardown (namespaces stay: no controller finishes them)
   kube_pod      (test)     kube.pod
 """
 
