@@ -134,7 +134,7 @@ def check(target: str, only: str | None) -> None:
                 click.echo(f"    {spec.role:<9} none match {spec.match.pattern}")
             for name in names:
                 click.echo(f"    {spec.role:<9} {name}")
-        if m.reconciles:
+        if m.reconciles or (info.language != "go" and not info.has_symtab):
             for item in _missing(probe, info):
                 click.echo(f"    missing: {item}")
     if best is None:
