@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -313,3 +319,77 @@ def test_stream_is_json_lines_with_a_hello_first(operator, agents, tmp_path):
     assert trace[-1]["reason"] == "duration" and trace[-1]["code_restored"] is True
     assert any(r["type"] == "status" for r in lines)
     assert any(r["type"] == "span" for r in trace)
+
+
+def _image_deps() -> set[str]:
+    """The distributions deploy/agent/Containerfile installs for the agent."""
+    text = (ROOT / "deploy" / "agent" / "Containerfile").read_text()
+    match = re.search(r'^ARG AGENT_DEPS="([^"]+)"', text, re.MULTILINE)
+    assert match, "no AGENT_DEPS in the Containerfile"
+    return {_dist_name(spec) for spec in match.group(1).split()}
+
+
+def _dist_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_image_libraries_suffice_for_the_agent(operator, tmp_path):
+    """The agent traces with every dependency the image leaves out made unimportable."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    left_out = {_dist_name(d) for d in project["dependencies"]} - _image_deps()
+    assert left_out, "the image installs every dependency: nothing to check"
+    modules = sorted(name for name, dists in importlib.metadata.packages_distributions().items()
+                     if {_dist_name(d) for d in dists} <= left_out)
+    blocked = tmp_path / "blocked.py"
+    blocked.write_text(
+        "import sys\n"
+        f"for name in {modules!r}:\n"
+        "    sys.modules[name] = None  # import fails, as in the image\n"
+        "from tracer.cli import main\n"
+        "main()\n")
+    op = operator(BUILD, *STEADY_KNOBS)
+    op.start_work()
+    trace = tmp_path / "trace.jsonl"
+    result = subprocess.run(
+        [*TRACER, "receive", "-o", str(trace), "--quiet", "--duration", "2", "--",
+         sys.executable, str(blocked), "agent", str(op.pid)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    end = read_lines(trace)[-1]
+    assert end["reason"] == "duration" and end["code_restored"] is True
+    assert end["spans"] > 0
+
+
+def test_live_screen_of_a_received_stream(operator, tmp_path):
+    """`tracer receive` on a terminal: the same screen as a local attach, fed by the agent."""
+    from test_live_view import Tmux, row_numbers
+
+    op = operator(BUILD, "-workers", "4", "-calls", "400", "-rate", "200", "-objects", "6",
+                  "-error-every", "7", "-requeue-every", "11", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    command = " ".join(shlex.quote(a) for a in [
+        *TRACER, "receive", "-o", str(trace), "--via", "pod=op-1", "--via", "namespace=ops",
+        "--", *TRACER, "agent", str(op.pid)])
+    pane = Tmux(tmp_path, 100, 30, f"cd {shlex.quote(str(ROOT))} && {command}; sleep 600")
+    try:
+        wait_for_header(trace)
+        op.start_work()
+        done = wait_until(op.done, 60, "the operator to finish")
+        time.sleep(2.5)  # the agent's stats come once a second; a few refreshes
+        screen = pane.screen()
+        pane.keys("q")
+        end = wait_until(lambda: (r := read_lines(trace)) and r[-1]["type"] == "end" and r[-1],
+                         60, "the trace's end line after q")
+    finally:
+        pane.end()
+    assert end["reason"] == "quit" and end["code_restored"] is True
+    spans = [r for r in read_lines(trace) if r["type"] == "span"]
+    assert len(spans) == done["calls"]
+    header = " ".join(screen.splitlines()[:2])  # it may wrap at 100 columns
+    assert f"pod ops/op-1 PID {op.pid} (sample-operator)" in header, header
+    assert "gdb via agent" in header
+    calls, running, *_ = row_numbers(screen, "(*Sample")[1:]
+    assert (int(calls), int(running)) == (len(spans), 0)
+    hits = re.search(r"cost: (\d+) hits", screen)
+    assert hits and int(hits.group(1)) == end["pairing"]["hits"]
+    assert alive(op.pid) and tracer_pid(op.pid) == 0
