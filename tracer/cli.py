@@ -193,12 +193,12 @@ def attach(target: str | None, output: str | None, duration: float | None,
     proc = inspect_process(pid)
     info = _analyze(proc.exe, shown=proc.exe_target)
     plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
-    if plan.choice:
-        click.echo(plan.choice, err=True)
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
     name = kube.containers[0].target.pod if kube else proc.name
     out = check_output(output or _default_output(name, pid), "--output")
+    if plan.choice:
+        click.echo(plan.choice, err=True)
     run_target = Target(pid=pid, name=proc.name, exe=proc.exe_target, tags=tags)
     watcher = kube.watcher(watch, plan.functions) if kube else None
     _trace(run_target, info, plan, out, duration, quiet, plain, backend,
@@ -224,10 +224,10 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
         raise UserError(f"command not found: {command[0]}")
     info = _analyze(os.path.realpath(program))
     plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
-    if plan.choice:
-        click.echo(plan.choice, err=True)
     name = os.path.basename(program)
     out = check_output(output or _default_output(name, "run"), "--output")
+    if plan.choice:
+        click.echo(plan.choice, err=True)
     target = Target(argv=[program, *command[1:]], name=name)
     _trace(target, info, plan, out, duration, quiet, plain, backend,
            (max_stopped, budget_window))
