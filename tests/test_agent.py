@@ -165,6 +165,32 @@ def test_agent_killed_mid_run(operator, agents, tmp_path):
     assert code_restored(op.pid, op.binary)
 
 
+def test_stream_cut_inside_a_line(operator, tmp_path):
+    """A pipe that ends at an arbitrary byte: the file keeps whole lines, says how it ended,
+    and the agent, its output broken, detaches cleanly."""
+    op = operator(BUILD, *STEADY_KNOBS)
+    op.start_work()
+    trace = tmp_path / "trace.jsonl"
+    cut_at = 60_000
+    agent = " ".join(shlex.quote(a) for a in [*TRACER, "agent", str(op.pid)])
+    result = subprocess.run(
+        [*TRACER, "receive", "-o", str(trace), "--quiet", "--",
+         "sh", "-c", f"{agent} | head -c {cut_at}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "ended (stream-broken): " in result.stderr
+    assert trace.read_bytes().endswith(b"\n")
+    parsed = read_trace(str(trace))
+    assert not parsed.truncated and parsed.spans
+    stream = parsed.end["stream"]
+    assert parsed.end["reason"] == "stream-broken" and stream["state"] == "broken"
+    # Every byte that came is accounted for: whole lines recorded, the rest dropped.
+    assert stream["bytes"] + stream["cut_bytes"] == cut_at
+    assert alive(op.pid)
+    wait_until(lambda: tracer_pid(op.pid) == 0, 30, "the agent to detach")
+    assert code_restored(op.pid, op.binary)
+
+
 def test_agent_stops_when_its_stdout_breaks(operator, agents, tmp_path):
     op = operator(BUILD, *STEADY_KNOBS)
     op.start_work()

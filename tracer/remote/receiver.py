@@ -127,6 +127,7 @@ class Receiver:
         self.stats: dict = {}
         self.spans = 0
         self.lines = 0
+        self.bytes = 0  # of the whole lines read
         self.cut_bytes = 0
         self.agent_error: str | None = None
         self.read_error: str | None = None
@@ -156,6 +157,7 @@ class Receiver:
                     self.cut_bytes = len(line)  # cut inside a line: whole lines only
                     return
                 self.lines += 1
+                self.bytes += len(line)
                 self._on_line(line)
                 if self.end is not None:
                     return
@@ -231,8 +233,8 @@ class Receiver:
         self.request_stop("write-failed")
 
     def _stream_facts(self, state: str) -> dict:
-        return {"state": state, "lines": self.lines, "cut_bytes": self.cut_bytes,
-                "error": self.read_error}
+        return {"state": state, "lines": self.lines, "bytes": self.bytes,
+                "cut_bytes": self.cut_bytes, "error": self.read_error}
 
     # -- the run -----------------------------------------------------------------------------
     def _send(self, record: dict) -> bool:
@@ -332,7 +334,7 @@ class Receiver:
         cut = f", a cut line of {self.cut_bytes} bytes dropped" if self.cut_bytes else ""
         self.on_status(f"warning: the agent's stream ended without its end line after "
                        f"{self.lines} lines{cut}: calls in flight and whether the operator's "
-                       "code was restored are unknown")
+                       f"code was restored are unknown here{self._describe()}")
         return {
             "type": "end",
             "reason": why,
