@@ -14,7 +14,8 @@ from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
 from tracer.errors import EXIT_USAGE, UserError
 from tracer.exports.output import check_output
-from tracer.probes.compile import compile_plan, is_cr_reconcile
+from tracer.probes.compile import compile_plan
+from tracer.probes.library import choose as choose_probe
 from tracer.targets.process import inspect_process
 
 
@@ -251,7 +252,8 @@ def view(file: str, speed: float, summary: bool) -> None:
 def symbols(target: str, regex: str | None) -> None:
     """List the functions of a process (PID) or binary that could be traced.
 
-    Marks with * the controller-runtime Reconcile methods traced by default."""
+    Marks with * the reconcile functions traced by default (the best-matching probe's, named
+    in the first line) and with + its steps."""
     if target.isdigit():
         proc = inspect_process(int(target))
         info = _analyze(proc.exe, shown=proc.exe_target)
@@ -268,9 +270,14 @@ def symbols(target: str, regex: str | None) -> None:
         facts.append(info.go_version)
     facts.append("stripped" if not info.has_symtab else "symbols")
     facts.append("DWARF" if info.has_dwarf else "no DWARF")
+    best = choose_probe(info)
+    if best is not None:
+        facts.append(f"probe {best.probe.name}")
+    reconciles = set(best.reconciles) if best else set()
+    others = set(best.others) if best else set()
     click.echo(f"# {info.path}: {', '.join(facts)}; {len(functions)} function(s)")
     for fn in functions:
-        mark = "*" if info.language == "go" and is_cr_reconcile(fn.name) else " "
+        mark = "*" if fn.name in reconciles else "+" if fn.name in others else " "
         click.echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {fn.name}")
 
 
