@@ -23,19 +23,7 @@ from tracer.probes.plan import (
 )
 from tracer.probes.spec import FunctionSpec, ProbeSpec
 
-# controller-runtime's Reconciler: `func (r *T) Reconcile(ctx, req) (Result, error)`. Its own
-# wrappers (reconcile.Func, the internal Controller) also have a Reconcile method and would
-# count every call twice; compiler-made method values ("-fm") are not methods at all.
-# probes/controller-runtime.toml says the same for the tracer; these serve `tracer symbols`.
-CONTROLLER_RUNTIME = "controller-runtime"
-CR_RECONCILE = re.compile(r"\.\(\*?[\w.\[\]]+\)\.Reconcile$")
-CR_EXCLUDE = re.compile(r"^sigs\.k8s\.io/controller-runtime/|-fm$")
-
 MAX_FUNCTIONS = 200
-
-
-def is_cr_reconcile(name: str) -> bool:
-    return bool(CR_RECONCILE.search(name)) and not CR_EXCLUDE.search(name)
 
 
 def _adhoc(info: BinaryInfo, symbol: str) -> list[tuple[Function, FunctionSpec]]:
