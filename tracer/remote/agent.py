@@ -113,9 +113,13 @@ class Link:
     (a print, a child process) can write into the stream or read the receiver's lines."""
 
     def __init__(self) -> None:
-        out_fd = os.dup(sys.stdout.fileno())
-        in_fd = os.dup(sys.stdin.fileno())
         sys.stdout.flush()
+        try:
+            out_fd = os.dup(sys.stdout.fileno())
+            in_fd = os.dup(sys.stdin.fileno())
+        except OSError:
+            raise UserError("tracer agent reads its standard input and writes its standard "
+                            "output: both must be open") from None
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, sys.stdin.fileno())
@@ -153,11 +157,15 @@ class Forwarder(threading.Thread):
     """Copies the session's trace lines from its pipe to the stream (and to a copy file),
     line by line, until the end line or the pipe's end."""
 
-    def __init__(self, read_fd: int, channel: Channel, copy: TraceWriter | None) -> None:
+    def __init__(self, read_fd: int, channel: Channel, copy_path: str | None,
+                 on_status: Callable[[str], None]) -> None:
         super().__init__(name="tracer-agent-forward", daemon=True)
         self.read_fd = read_fd
+        self.on_status = on_status
         self.channel = channel
-        self.copy = copy
+        self.copy_path = copy_path
+        # Opened with the first line, as a local trace file is: a failed attach leaves none.
+        self.copy: TraceWriter | None = None
         self.lines = 0
 
     def run(self) -> None:
@@ -169,10 +177,20 @@ class Forwarder(threading.Thread):
                 record = protocol.decode(line)
                 if record is None:
                     continue
-                if self.copy is not None:
-                    self.copy.write(record)  # the same encoding: the very line sent
+                if self.copy_path is not None:
+                    self._copy(record)
                 if record.get("type") == "end":
                     return
+
+    def _copy(self, record: dict) -> None:
+        if self.copy is None:
+            try:
+                self.copy = TraceWriter(self.copy_path)
+            except UserError as exc:
+                self.copy_path = None
+                self.on_status(f"warning: {exc}; streaming only")
+                return
+        self.copy.write(record)  # the same encoding: the very line sent
 
 
 def pick_operator() -> tuple[int, str]:
@@ -278,7 +296,7 @@ def trace(link: Link, target, info, plan, copy: str | None, duration: float | No
     session = Session(target, info, plan, sink, duration, None, on_status,
                       backend_factory=factory, backend_note=note, max_stopped=budget[0],
                       budget_window=budget[1])
-    forwarder = Forwarder(read_fd, link.channel, TraceWriter(copy) if copy else None)
+    forwarder = Forwarder(read_fd, link.channel, copy, link.status)
     forwarder.start()
     done = threading.Event()
     threading.Thread(target=send_stats, args=(session, link.channel, done),
