@@ -105,6 +105,19 @@ def test_change_and_its_latency(causes_of):
     assert c[3]["cause"] == "unexplained" and c[3]["previous"] == 2
 
 
+def test_an_event_stamped_while_its_call_runs_is_its_cause(causes_of):
+    # The tracer's watch hears a change a few ms after the operator's own did: a call already
+    # running when the event is stamped (within the event slack) is the event's call; one
+    # that had ended by then is not, the next call is.
+    records = [span(1, T0, T0 + 5 * MS), event(T0 + 3 * MS),
+               span(2, T0 + 20 * MS, T0 + 21 * MS), event(T0 + 22 * MS),
+               span(3, T0 + 30 * MS, T0 + 31 * MS)]
+    c = causes_of(records)
+    assert c[1]["cause"] == "change" and c[1]["actual_ns"] == -3 * MS
+    assert c[2]["cause"] == "unexplained"  # the second event came after it had ended
+    assert c[3]["cause"] == "change" and c[3]["actual_ns"] == 8 * MS
+
+
 def test_a_timer_not_due_yet_waits_for_a_later_call(causes_of):
     records = [span(1, T0, T0 + MS, error="*errors.errorString"),
                event(T0 + 2 * MS), span(2, T0 + 2_100_000, T0 + 2_500_000),

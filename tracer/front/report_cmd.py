@@ -36,11 +36,14 @@ def _seconds(option: str, value: float, minimum: float = 0.0) -> int:
               metavar="SECONDS", help="The rate limiter's first backoff after a failure.")
 @click.option("--backoff-cap", type=float, default=1000.0, show_default=True,
               metavar="SECONDS", help="The rate limiter's longest backoff.")
+@click.option("--event-slack", type=float, default=0.01, show_default=True, metavar="SECONDS",
+              help="How long after a call started a watch event may be stamped and still be "
+                   "its cause: the tracer and the operator hear a change separately.")
 @click.option("--causes-out", metavar="FILE",
               help="Write every call's cause and its evidence to FILE (JSON Lines).")
 def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str | None,
            top: int, tolerance: float, backoff_base: float, backoff_cap: float,
-           causes_out: str | None) -> None:
+           event_slack: float, causes_out: str | None) -> None:
     """Statistics of the calls in trace FILEs (merged on one timeline) and why each happened.
 
     Per function and per object: calls, rate, durations, intervals between starts, idle time,
@@ -62,7 +65,8 @@ def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str
     settings = causes.Settings(
         backoff_base_ns=_seconds("--backoff-base", backoff_base, 1e-9),
         backoff_cap_ns=_seconds("--backoff-cap", backoff_cap, 1e-9),
-        tolerance_ns=_seconds("--tolerance", tolerance))
+        tolerance_ns=_seconds("--tolerance", tolerance),
+        event_slack_ns=_seconds("--event-slack", event_slack))
     if settings.backoff_cap_ns < settings.backoff_base_ns:
         raise UserError("--backoff-cap must be at least --backoff-base")
     edges = report_mod.parse_bins(bins)
