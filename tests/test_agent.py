@@ -34,6 +34,7 @@ from helpers import (
 
 import tracer
 from tracer.binary.analyze import analyze
+from tracer.front.receive import agent_args
 from tracer.probes.compile import compile_plan
 from tracer.remote.protocol import versions
 from tracer.remote.receiver import PipeStream, Receiver
@@ -105,7 +106,7 @@ def test_every_call_once_through_the_stream(operator, agents, tmp_path):
     op = operator(BUILD, *KNOBS)
     copy = tmp_path / "agent-copy.jsonl"
     local = tmp_path / "local.jsonl"
-    agent = agents(tmp_path, str(op.pid), "-o", str(copy), "--max-stopped", "off")
+    agent = agents(tmp_path, *agent_args(op.pid, max_stopped=0.0), "-o", str(copy))
     rx = ReceiverThread(agent, local, via=VIA, tags=TAGS)
     header = wait_for_header(local)
     assert header["via"]["pod"] == "op-7d9f" and header["via"]["node"] == "n1"

@@ -15,7 +15,8 @@ import click
 from tracer.cli import _analyze, _default_output, trace_options
 from tracer.errors import UserError
 from tracer.exports.output import check_output
-from tracer.front.display import FAILED_REASONS, Display, receiver_screen
+from tracer.front.display import FAILED_REASONS
+from tracer.front.receive import receive_stream
 
 
 def _key_values(pairs: tuple[str, ...], option: str) -> dict:
@@ -73,18 +74,6 @@ def agent(pid: int | None, no_wait: bool, **options) -> None:
                err=True)
     if outcome.code_restored is False or outcome.reason in FAILED_REASONS:
         sys.exit(1)
-
-
-def receive_stream(stream, output: str, duration: float | None, quiet: bool, plain: bool,
-                   via: dict | None = None, tags: dict | None = None) -> None:
-    """Record an agent's stream into `output`, shown like a local run (lines or the live
-    screen) and ended with the same summary line and exit status."""
-    from tracer.remote.receiver import Receiver
-
-    display = Display(quiet, plain)
-    receiver = Receiver(stream, output, via=via, tags=tags, duration=duration,
-                        on_span=display.on_span, on_status=display.on_status)
-    display.finish(display.run(receiver, receiver_screen(receiver)))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
