@@ -161,19 +161,29 @@ class _Ids:
         self.seed = (f"{binary.get('build_id')}|{target.get('pid')}|"
                      f"{clock.get('realtime_ns')}|{clock.get('monotonic_ns')}")
 
-    def __call__(self, span: dict) -> tuple[bytes, bytes]:
-        digest = hashlib.sha256(f"{self.seed}|{span.get('id')}|{span['start_ns']}".encode())
-        raw = digest.digest()
-        return raw[:16], raw[16:24]
+    def _raw(self, span: dict, span_id: object) -> bytes:
+        # Span ids are unique per run; a file of several pods' runs tells them by the pod.
+        where = (span.get("k8s") or {}).get("pod", "")
+        return hashlib.sha256(f"{self.seed}|{where}|{span_id}".encode()).digest()
+
+    def __call__(self, span: dict) -> tuple[bytes, bytes, bytes]:
+        """(trace id, span id, parent span id): a step (child span) is in its reconcile's
+        trace, under the reconcile's span; a reconcile is a trace of its own."""
+        raw = self._raw(span, span.get("id"))
+        if span.get("parent") is None:
+            return raw[:16], raw[16:24], b""
+        parent = self._raw(span, span["parent"])
+        return parent[:16], raw[16:24], parent[16:24]
 
 
 def to_proto(span: dict, offset: int, run_end: int, ids: _Ids) -> Span:
-    trace_id, span_id = ids(span)
+    trace_id, span_id, parent_id = ids(span)
     end = span.get("end_ns")
     end_wall = (end if end is not None else max(run_end, span["start_ns"])) + offset
     out = Span(
         trace_id=trace_id,
         span_id=span_id,
+        parent_span_id=parent_id,
         flags=SAMPLED_LOCAL,
         name=sp.short_function(span.get("function") or "call"),
         kind=Span.SpanKind.SPAN_KIND_INTERNAL,

@@ -58,7 +58,9 @@ def _write(stream: TraceStream, fmt: str, output: str, style: str) -> int:
         target = (contextlib.nullcontext("/dev/stdout") if output == STDOUT
                   else atomic_path(output))
         with target as path:
-            return write_timestamps(stream.spans(), path, style=style,
+            # Reconcile starts only: steps (child spans) are parts of them.
+            reconciles = (s for s in stream.spans() if s.get("parent") is None)
+            return write_timestamps(reconciles, path, style=style,
                                     clock=stream.header.get("clock"))
     if fmt == "chrome":
         from tracer.exports.chrome import write_chrome as writer
