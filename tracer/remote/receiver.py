@@ -70,8 +70,9 @@ class ProcessStream(PipeStream):
         assert self.proc.stdout and self.proc.stdin and self.proc.stderr
         super().__init__(self.proc.stdout, self.proc.stdin)
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
-        threading.Thread(target=self._read_stderr, name="tracer-agent-stderr",
-                         daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr,
+                                               name="tracer-agent-stderr", daemon=True)
+        self._stderr_reader.start()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr
@@ -79,6 +80,12 @@ class ProcessStream(PipeStream):
             self.stderr_tail.append(line.decode(errors="replace").rstrip())
 
     def describe(self) -> str:
+        # Said when the stream ended: give the command a moment to finish saying why.
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
+        self._stderr_reader.join(1)
         tail = "; ".join(line for line in self.stderr_tail if line)
         return f" (its stderr: {tail})" if tail else ""
 
@@ -110,8 +117,11 @@ class Receiver:
         on_status: Callable[[str], None] | None = None,
         hello_timeout: float = HELLO_TIMEOUT_S,
         stop_timeout: float = STOP_TIMEOUT_S,
+        open_writer: Callable[..., TraceWriter] = TraceWriter,
     ) -> None:
         self.stream = stream
+        # `tracer attach -l` writes several receivers into one file (tracer/remote/merge.py).
+        self.open_writer = open_writer
         self.output = output
         self.via = via or {}
         self.tags = tags or {}
@@ -204,7 +214,7 @@ class Receiver:
         tag_span(header, self.tags)
         if self._offset is None:
             self._offset = header["clock"]["monotonic_ns"] - time.monotonic_ns()
-        self.writer = TraceWriter(self.output, on_error=self._write_failed)
+        self.writer = self.open_writer(self.output, on_error=self._write_failed)
         self.writer.write(header)
         self.header = header
 
