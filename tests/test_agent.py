@@ -312,14 +312,17 @@ def test_agent_refuses_to_guess_among_several(namespaced, tmp_path):
     op = namespaced(*KNOBS)
     # A second program in the namespace: the agent cannot tell which is the operator.
     sleeper = subprocess.Popen([*in_namespace_of(op.pid), "sleep", "300"])
+    inner = None
     try:
-        wait_until(lambda: _child_of(sleeper.pid), 10, "sleep in the namespace")
+        inner = wait_until(lambda: _child_of(sleeper.pid), 10, "sleep in the namespace")
         trace = tmp_path / "trace.jsonl"
         result = subprocess.run(
             [*TRACER, "receive", "-o", str(trace), "--",
              *in_namespace_of(op.pid), *TRACER, "agent"],
             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     finally:
+        if inner is not None:
+            os.kill(inner, signal.SIGTERM)  # nsenter's child, in the namespace
         end_process(sleeper)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
