@@ -9,6 +9,7 @@ import sys
 
 import click
 
+import tracer
 from tracer.backends.select import CHOICES, choose_backend
 from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
@@ -72,6 +73,7 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
     display.finish(outcome)
 
 
+AGENT_IMAGE = "ghcr.io/tracer-dev/tracer-agent:" + tracer.__version__
 OUTPUT = click.option("--output", "-o", metavar="FILE",
                       help="Trace file (JSON Lines). Default: trace-NAME-PID-TIME.jsonl here.")
 DURATION = click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
@@ -152,6 +154,17 @@ def kube_options(command):
                           "(e.g. configmaps, samples.example.com; repeatable). Default: the "
                           "kinds the reconcilers are named after, when the API has them. "
                           "'none' records none."),
+        click.option("--agent", type=click.Choice(["ephemeral", "node"]),
+                     help="Trace from anywhere: run `tracer agent` next to the operator, as "
+                          "an ephemeral container in its pod (SYS_PTRACE only) or in a "
+                          "short-lived pod on its node (host PID namespace, removed after), "
+                          "and stream the trace back through the API server."),
+        click.option("--agent-image", metavar="IMAGE", default=None,
+                     help="The agent's image (deploy/agent/Containerfile). Default: "
+                          "$TRACER_AGENT_IMAGE, else " + AGENT_IMAGE + "."),
+        click.option("--agent-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=60.0, show_default=True, metavar="SECONDS",
+                     help="How long the agent may take to start (its image pulled)."),
     )
     for option in reversed(options):
         command = option(command)
@@ -167,7 +180,8 @@ def attach(target: str | None, output: str | None, duration: float | None,
            no_args: bool, quiet: bool, plain: bool, backend: str,
            max_stopped: float, budget_window: float, namespace: str | None,
            container: str | None, selector: str | None, context: str | None,
-           kubeconfig: str | None, watch: tuple[str, ...]) -> None:
+           kubeconfig: str | None, watch: tuple[str, ...], agent: str | None,
+           agent_image: str | None, agent_timeout: float) -> None:
     """Attach to a running operator and record every reconcile call until Ctrl-C.
 
     TARGET is a PID, or a pod as kubectl names it: POD, pod/NAME, deploy/NAME (the pod
@@ -175,28 +189,47 @@ def attach(target: str | None, output: str | None, duration: float | None,
     from tracer.session.session import Target
 
     if target is not None and target.isdigit() and selector is None:
-        if namespace or container or context or kubeconfig or watch:
-            raise UserError(f"{target} is a PID: -n, -c, --context, --kubeconfig and --watch "
-                            "are for pods")
+        if namespace or container or context or kubeconfig or watch or agent:
+            raise UserError(f"{target} is a PID: -n, -c, --context, --kubeconfig, --watch and "
+                            "--agent are for pods")
         pid, tags, kube = int(target), None, None
     else:
-        from tracer.kube.session import local_pods
+        from tracer.front.attach_pods import TraceArgs, trace_local_pods, trace_via_agents
+        from tracer.kube.session import find_pods
 
-        kube = local_pods(target, selector, namespace, container, context, kubeconfig)
-        if len(kube.containers) > 1:
-            kube.trace_all(output, duration, symbol, no_args, quiet, plain, backend,
-                           (max_stopped, budget_window), watch)
+        kube = find_pods(target, selector, namespace, container, context, kubeconfig)
+        for pod in kube.pods:
+            if pod.chosen_because:
+                click.echo(f"tracing pod {pod.pod}: {pod.chosen_because}", err=True)
+        args = TraceArgs(symbol, probe, no_args, backend, max_stopped, budget_window)
+        first = kube.pods[0]
+        if agent:
+            out = check_output(output or _default_output(first.pod, agent), "--output")
+            image = agent_image or os.environ.get("TRACER_AGENT_IMAGE") or AGENT_IMAGE
+            trace_via_agents(kube, agent, image, agent_timeout, out, duration, quiet, plain,
+                             args, watch)
             return
-        pid, tags = kube.containers[0].pid, kube.containers[0].tags()
-        chosen = kube.containers[0].target
-        if chosen.chosen_because:
-            click.echo(f"tracing pod {chosen.pod}: {chosen.chosen_because}", err=True)
+        local = kube.local()
+        if len(local) > 1:
+            # Checked here, before any agent starts: each pod's binary can be traced.
+            functions: set[str] = set()
+            for container in local:
+                proc = inspect_process(container.pid)
+                info = _analyze(proc.exe, shown=proc.exe_target)
+                functions.update(compile_plan(info, symbol, capture_args=not no_args,
+                                              probe=probe).functions)
+            selected = selector or target or "pods"
+            out = check_output(output or _default_output(selected.replace("/", "-"), "pods"),
+                               "--output")
+            trace_local_pods(kube, out, duration, quiet, plain, args, sorted(functions), watch)
+            return
+        pid, tags = local[0].pid, local[0].tags()
     proc = inspect_process(pid)
     info = _analyze(proc.exe, shown=proc.exe_target)
     plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
-    name = kube.containers[0].target.pod if kube else proc.name
+    name = kube.pods[0].pod if kube else proc.name
     out = check_output(output or _default_output(name, pid), "--output")
     if plan.choice:
         click.echo(plan.choice, err=True)

@@ -95,7 +95,8 @@ def test_deploy_traces_the_lease_holder(kube_cluster, kube, tracer_cmd, tmp_path
 
 def test_deploy_without_lease_traces_the_first_ready_pod(kube_cluster, kube, tmp_path):
     dep = kube.deployment("plain-operator", replicas=2, args=CALLS)
-    first = dep.pods[0]
+    # The oldest (creation times are in whole seconds: then the first by name).
+    first = min(dep.pods, key=lambda p: (p.object.metadata.creation_timestamp, p.name))
     trace = tmp_path / "t.jsonl"
     result = run_tracer("attach", f"deployment/{dep.name}", "-d", "1", "-q", "-o", str(trace),
                         "--kubeconfig", str(kube_cluster.kubeconfig))

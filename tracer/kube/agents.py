@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tracer.errors import UserError
@@ -45,8 +46,9 @@ def _server_minor(conn: Connection) -> tuple[int, str]:
     return int(digits or 0), version.git_version
 
 
-def ephemeral_spec(name: str, image: str, target: PodTarget, args: list[str]) -> dict:
-    return {
+def ephemeral_spec(name: str, image: str, target: PodTarget, args: list[str],
+                   ptrace: bool = True) -> dict:
+    spec = {
         "name": name,
         "image": image,
         "command": ["tracer", "agent"],
@@ -54,19 +56,28 @@ def ephemeral_spec(name: str, image: str, target: PodTarget, args: list[str]) ->
         "stdin": True,
         "tty": False,
         "targetContainerName": target.container,
+    }
+    if ptrace:
         # ptrace needs this and nothing more; the operator's own user and rights stay as
         # they are.
-        "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}},
-    }
+        spec["securityContext"] = {"capabilities": {"add": ["SYS_PTRACE"]}}
+    return spec
 
 
-def add_ephemeral(conn: Connection, target: PodTarget, image: str, args: list[str]
-                  ) -> AgentContainer:
+def add_ephemeral(conn: Connection, target: PodTarget, image: str, args: list[str],
+                  on_status: Callable[[str], None]) -> AgentContainer:
     """Ask the API server for the ephemeral container; before 1.22 the subresource takes an
     `EphemeralContainers` object, since then a Pod."""
     minor, git_version = _server_minor(conn)
     name = agent_name()
-    spec = ephemeral_spec(name, image, target, args)
+    # Before 1.21 an ephemeral container may not have a securityContext at all.
+    ptrace = minor >= 21
+    if not ptrace:
+        on_status(f"warning: the API server ({git_version}) takes no securityContext on "
+                  "ephemeral containers (1.21 and later do): the agent gets no SYS_PTRACE and "
+                  "can trace the operator only where the runtime lets it (same user, "
+                  "ptrace_scope 0); --agent node always can")
+    spec = ephemeral_spec(name, image, target, args, ptrace)
     if minor >= 22:
         body = {"spec": {"ephemeralContainers": [spec]}}
     else:
@@ -138,6 +149,13 @@ def add_node_pod(conn: Connection, target: PodTarget, image: str, args: list[str
     except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
         raise api_error(exc, "create", "pods", target.namespace) from None
     return AgentContainer(name, target.namespace, "agent", "node")
+
+
+def start(conn: Connection, target: PodTarget, kind: str, image: str, args: list[str],
+          on_status: Callable[[str], None]) -> AgentContainer:
+    if kind == "ephemeral":
+        return add_ephemeral(conn, target, image, args, on_status)
+    return add_node_pod(conn, target, image, args)
 
 
 def remove(conn: Connection, agent: AgentContainer) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tracer.kube.client import Connection, connect
 from tracer.kube.local import LocalContainer, locate
-from tracer.kube.pods import resolve
+from tracer.kube.pods import PodTarget, resolve
 from tracer.kube.watch import Watcher, kinds_of
 
 
@@ -14,7 +14,11 @@ from tracer.kube.watch import Watcher, kinds_of
 class KubeTargets:
     conn: Connection
     namespace: str
-    containers: list[LocalContainer]
+    pods: list[PodTarget]
+
+    def local(self) -> list[LocalContainer]:
+        """Each pod's container as a process of this machine (or a clear error)."""
+        return [locate(pod) for pod in self.pods]
 
     def watcher(self, names: tuple[str, ...], functions: list[str]) -> Watcher | None:
         """--watch's resources; by default the kinds the reconcilers are named after that
@@ -30,9 +34,9 @@ class KubeTargets:
         return watcher if watcher.resources else None
 
 
-def local_pods(target: str | None, selector: str | None, namespace: str | None,
-               container: str | None, context: str | None, kubeconfig: str | None
-               ) -> KubeTargets:
+def find_pods(target: str | None, selector: str | None, namespace: str | None,
+              container: str | None, context: str | None, kubeconfig: str | None
+              ) -> KubeTargets:
     conn = connect(kubeconfig, context)
     pods = resolve(conn, target, selector, namespace, container)
-    return KubeTargets(conn, namespace or conn.namespace, [locate(p) for p in pods])
+    return KubeTargets(conn, namespace or conn.namespace, pods)

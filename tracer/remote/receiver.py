@@ -146,10 +146,20 @@ class Receiver:
         self._stop_reason = ""
         self._hello_seen = threading.Event()
         self._done = threading.Event()
+        self._early: list[dict] = []
+        self._record_lock = threading.Lock()
 
     # -- what the screen reads ---------------------------------------------------------------
     def agent_now(self) -> int:
         return time.monotonic_ns() + (self._offset or 0)
+
+    def record(self, line: dict) -> None:
+        """A line of this side's own (a watch event) into the trace, once its header is out."""
+        with self._record_lock:
+            if self.header is None:
+                self._early.append(line)
+                return
+        self.writer.write(line)
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -216,7 +226,11 @@ class Receiver:
             self._offset = header["clock"]["monotonic_ns"] - time.monotonic_ns()
         self.writer = self.open_writer(self.output, on_error=self._write_failed)
         self.writer.write(header)
-        self.header = header
+        with self._record_lock:
+            self.header = header
+            early, self._early = self._early, []
+        for line in early:
+            self.writer.write(line)
 
     def _record(self, record: dict, kind: str | None) -> None:
         assert self.writer is not None

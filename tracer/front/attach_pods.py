@@ -1,0 +1,120 @@
+"""`tracer attach` for pods traced through agents: several pods at once (-l), or from anywhere
+(--agent ephemeral|node). One pod on this node is traced in-process by `tracer.cli`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import click
+
+from tracer.front.display import Display, Screen, receiver_screen
+from tracer.kube.session import KubeTargets
+
+
+@dataclass
+class TraceArgs:
+    """The trace options, as given, to hand to each agent."""
+
+    symbol: str | None
+    probe: str | None
+    no_args: bool
+    backend: str
+    max_stopped: float
+    budget_window: float
+
+    def agent_argv(self) -> list[str]:
+        argv = ["--backend", self.backend, "--budget-window", f"{self.budget_window:g}",
+                "--max-stopped", f"{self.max_stopped * 100:g}%" if self.max_stopped else "off"]
+        if self.symbol:
+            argv += ["--symbol", self.symbol]
+        if self.probe:
+            argv += ["--probe", self.probe]
+        if self.no_args:
+            argv.append("--no-args")
+        return argv
+
+
+def _run_with_watch(display: Display, run, screen: Screen, watcher):
+    if watcher is not None:
+        watcher.start(run.record, display.on_status)
+    try:
+        return display.run(run, screen)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+            if watcher.events:
+                click.echo(f"recorded {watcher.events} watch event(s) of "
+                           f"{', '.join(watcher.describe())}", err=True)
+
+
+def _multi_screen(run) -> Screen:
+    def since() -> int | None:
+        return run.header["clock"]["monotonic_ns"] if run.header else None
+
+    def offset() -> int:
+        clock = run.header["clock"] if run.header else None
+        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
+
+    return Screen(run.screen_header, run.in_flight, run.cost, since, offset)
+
+
+def trace_local_pods(kube: KubeTargets, output: str, duration: float | None, quiet: bool,
+                     plain: bool, args: TraceArgs, functions: list[str],
+                     watch: tuple[str, ...]) -> None:
+    """Every selected pod on this node, each by a local agent, into one file."""
+    from tracer.kube.multi import MultiRun
+    from tracer.remote.receiver import ProcessStream
+
+    display = Display(quiet, plain)
+    sources = []
+    for container in kube.local():
+        argv = [sys.executable, "-m", "tracer", "agent", str(container.pid), *args.agent_argv()]
+        sources.append((container.target, ProcessStream(argv),
+                        {"agent": "local", "pid": container.pid}))
+    names = ", ".join(pod.pod for pod, _, _ in sources)
+    display.on_status(f"tracing {len(sources)} pods ({names}) into {output}; Ctrl-C to detach")
+    run = MultiRun(sources, output, duration, display.on_status)
+    run.on_span = display.on_span
+    watcher = kube.watcher(watch, functions)
+    display.finish(_run_with_watch(display, run, _multi_screen(run), watcher))
+
+
+def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, output: str,
+                     duration: float | None, quiet: bool, plain: bool, args: TraceArgs,
+                     watch: tuple[str, ...]) -> None:
+    """Each selected pod by an agent next to it (ephemeral container or node pod), streamed
+    back through the API server's attach."""
+    from tracer.kube import agents
+    from tracer.kube.multi import MultiRun
+    from tracer.remote.receiver import Receiver
+
+    display = Display(quiet, plain)
+    started: list[agents.AgentContainer] = []
+    sources = []
+    try:
+        for pod in kube.pods:
+            agent = agents.start(kube.conn, pod, kind, image, args.agent_argv(),
+                                 display.on_status)
+            started.append(agent)
+            display.on_status(f"{pod.pod}: waiting for the agent {agent.container} to start")
+            agents.wait_running(kube.conn, agent, image, timeout)
+            stream = agents.AttachStream(kube.conn, agent)
+            sources.append((pod, stream, {"agent": kind, "agent_pod": agent.pod,
+                                          "agent_container": agent.container,
+                                          "pod": pod.pod, "namespace": pod.namespace}))
+        watcher = kube.watcher(watch, [])
+        if len(sources) == 1:
+            pod, stream, via = sources[0]
+            run = Receiver(stream, output, via=via, tags={"k8s": pod.tags()},
+                           duration=duration, on_span=display.on_span,
+                           on_status=display.on_status)
+            outcome = _run_with_watch(display, run, receiver_screen(run), watcher)
+        else:
+            run = MultiRun(sources, output, duration, display.on_status)
+            run.on_span = display.on_span
+            outcome = _run_with_watch(display, run, _multi_screen(run), watcher)
+    finally:
+        for agent in started:
+            agents.remove(kube.conn, agent)
+    display.finish(outcome)
