@@ -15,8 +15,9 @@ from helpers import TRACER, Operator, end_process, sample
 # are not a trace; {binary}: random bytes; {script}: an executable shell script;
 # {zombie}: a child that exited and was not reaped.
 CASES = [
-    ("attach", [], "Missing argument 'PID'"),
-    ("attach", ["my-operator"], "'my-operator' is not a valid integer"),
+    ("attach", [], "name what to trace: a PID, a pod"),
+    ("attach", ["my-operator", "--kubeconfig", "/nonexistent"],
+     "--kubeconfig /nonexistent: no such file"),
     ("attach", ["0"], "0 is not a process id"),
     ("attach", ["{free}"], "no process with PID"),
     ("attach", ["{zombie}"], "has exited (zombie)"),

@@ -38,8 +38,12 @@ def test_no_such_pid(tmp_path):
     assert no_trace_files(tmp_path)
 
 
-def test_pid_not_a_number(tmp_path):
-    assert_one_line_error(run_tracer("attach", "my-operator", cwd=tmp_path), "my-operator")
+def test_not_a_pid_and_no_kubeconfig(tmp_path):
+    # Not a number: a pod's name, which needs a kubeconfig to be found.
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env.update(HOME=str(tmp_path), KUBECONFIG="")
+    result = run_tracer("attach", "my-operator", cwd=tmp_path, env=env)
+    assert_one_line_error(result, "'my-operator' is not a PID", "no kubeconfig")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")

@@ -48,6 +48,8 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
 
     display = Display(quiet, plain)
     factory, note = choose_backend(backend, info)
+    if plan.choice:
+        display.on_status(plan.choice)  # once the backend is known to be there: one error line
     if getattr(factory, "name", "") == "dlv":
         display.on_status("note: if Delve itself is killed while the operator is busy, the "
                           "operator dies of SIGTRAP (its breakpoints outlive it); --backend "
@@ -188,6 +190,9 @@ def attach(target: str | None, output: str | None, duration: float | None,
     holding the leader-election lease, else the first ready one); or use -l SELECTOR."""
     from tracer.session.session import Target
 
+    if target is None and selector is None:
+        raise UserError("name what to trace: a PID, a pod (POD, pod/NAME, deploy/NAME) or "
+                        "-l SELECTOR")
     if target is not None and target.isdigit() and selector is None:
         if namespace or container or context or kubeconfig or watch or agent:
             raise UserError(f"{target} is a PID: -n, -c, --context, --kubeconfig, --watch and "
@@ -231,8 +236,6 @@ def attach(target: str | None, output: str | None, duration: float | None,
     info.path = plan.binary = proc.exe
     name = kube.pods[0].pod if kube else proc.name
     out = check_output(output or _default_output(name, pid), "--output")
-    if plan.choice:
-        click.echo(plan.choice, err=True)
     run_target = Target(pid=pid, name=proc.name, exe=proc.exe_target, tags=tags)
     watcher = kube.watcher(watch, plan.functions) if kube else None
     _trace(run_target, info, plan, out, duration, quiet, plain, backend,
@@ -260,8 +263,6 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
     plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
     name = os.path.basename(program)
     out = check_output(output or _default_output(name, "run"), "--output")
-    if plan.choice:
-        click.echo(plan.choice, err=True)
     target = Target(argv=[program, *command[1:]], name=name)
     _trace(target, info, plan, out, duration, quiet, plain, backend,
            (max_stopped, budget_window))

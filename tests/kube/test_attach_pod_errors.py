@@ -22,7 +22,8 @@ def test_no_kubeconfig(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
     env.update(HOME=str(tmp_path), KUBECONFIG="")
     message = refused(tmp_path, "my-operator", env=env)
-    assert "no kubeconfig" in message and "--kubeconfig" in message
+    assert "'my-operator' is not a PID, and there is no kubeconfig" in message
+    assert "--kubeconfig" in message
 
 
 def test_missing_kubeconfig_file(tmp_path):

@@ -17,7 +17,7 @@ class Connection:
     namespace: str  # the context's namespace (or the pod's own, in-cluster)
 
 
-def connect(kubeconfig: str | None, context: str | None) -> Connection:
+def connect(kubeconfig: str | None, context: str | None, wanted: str = "") -> Connection:
     """kubectl's order: --kubeconfig, $KUBECONFIG, ~/.kube/config; in-cluster when none of
     them exists and the pod's service account is mounted."""
     from kubernetes import client, config
@@ -36,9 +36,10 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
             with open(ns_file) as f:
                 namespace = f.read().strip() or "default"
             return Connection(client.ApiClient(), "in-cluster", namespace)
+        what = f"{wanted!r} is not a PID, and there is " if wanted else "there is "
         raise UserError(
-            f"no kubeconfig: {path} does not exist and this is not a pod; pass --kubeconfig "
-            "FILE or set KUBECONFIG (or give a PID to trace a local process)")
+            f"{what}no kubeconfig to find pods with: {path} does not exist and this is not a "
+            "pod; pass --kubeconfig FILE or set KUBECONFIG (or give a PID)")
     try:
         contexts, current = config.list_kube_config_contexts(config_file=path)
         chosen = next((c for c in contexts if c["name"] == context), None) if context \

@@ -37,6 +37,6 @@ class KubeTargets:
 def find_pods(target: str | None, selector: str | None, namespace: str | None,
               container: str | None, context: str | None, kubeconfig: str | None
               ) -> KubeTargets:
-    conn = connect(kubeconfig, context)
+    conn = connect(kubeconfig, context, target or "")
     pods = resolve(conn, target, selector, namespace, container)
     return KubeTargets(conn, namespace or conn.namespace, pods)
