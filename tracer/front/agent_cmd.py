@@ -34,7 +34,10 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict:
 @trace_options
 @click.option("--no-wait", is_flag=True,
               help="Trace at once instead of waiting for the local tracer's start line.")
-def agent(pid: int | None, no_wait: bool, **options) -> None:
+@click.option("--container-id", metavar="ID",
+              help="Trace this container's process (containerd://ID or a bare id), found "
+                   "through /proc on this node: for an agent in the host's PID namespace.")
+def agent(pid: int | None, no_wait: bool, container_id: str | None, **options) -> None:
     """Trace PID (by default the one other process in this PID namespace) for a tracer
     elsewhere: every trace line goes to standard output as JSON Lines.
 
@@ -44,12 +47,18 @@ def agent(pid: int | None, no_wait: bool, **options) -> None:
     from tracer.probes.compile import compile_plan
     from tracer.remote.agent import Link, pick_operator, trace
     from tracer.session.session import Target
+    from tracer.targets.containers import container_pid
     from tracer.targets.process import inspect_process
 
     link = Link()
     try:
         link.handshake(wait=not no_wait)
-        if pid is None:
+        if container_id is not None:
+            if pid is not None:
+                raise UserError("give a PID or --container-id, not both")
+            pid, why = container_pid(container_id)
+            link.status(why)
+        elif pid is None:
             pid, why = pick_operator()
             link.status(why)
         # The same choice of functions as `tracer attach PID`.

@@ -19,7 +19,6 @@ from tracer.errors import UserError
 from tracer.kube.client import Connection, api_error
 from tracer.kube.pods import PodTarget
 
-DEFAULT_IMAGE = "ghcr.io/tracer-dev/tracer-agent:latest"
 START_TIMEOUT_S = 60.0
 
 
@@ -53,7 +52,9 @@ def ephemeral_spec(name: str, image: str, target: PodTarget, args: list[str],
         "image": image,
         "command": ["tracer", "agent"],
         "args": args,
+        # The agent stops when its input ends: with stdinOnce, when our attach closes.
         "stdin": True,
+        "stdinOnce": True,
         "tty": False,
         "targetContainerName": target.container,
     }
@@ -247,6 +248,10 @@ class AttachStream:
 
     def write(self, data: bytes) -> None:
         self._ws.write_stdin(data.decode())
+
+    def describe(self) -> str:
+        tail = " ".join("".join(self.stderr).split())[-400:]
+        return f" (the agent's stderr: {tail})" if tail else ""
 
     def close(self) -> None:
         self._ws.close()

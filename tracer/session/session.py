@@ -19,6 +19,7 @@ from tracer.binary.model import BinaryInfo
 from tracer.probes.plan import Plan
 from tracer.session.budget import PauseBudget
 from tracer.session.pairing import Hit, Pairer
+from tracer.session.tags import tag_span
 from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
 from tracer.targets.process import altered_code, load_bias, restore_code
 
@@ -137,8 +138,7 @@ class Session:
             self.writer.write(line)
 
     def _emit(self, span: dict) -> None:
-        if self.target.tags:
-            span.update(self.target.tags)
+        tag_span(span, self.target.tags)
         self.writer.write(span)
         if self.on_span is None:
             return
@@ -208,7 +208,7 @@ class Session:
             "capture_args": self.plan.capture_args,
             "attach_pause_ms": attach_pause_ms,
             "notes": self.plan.notes,
-            **(self.target.tags or {}),
+            **(self.target.tags or {}),  # a header has no such keys of its own
         }
 
     def _spawn_parked(self) -> tuple[subprocess.Popen, Callable[[], None]]:

@@ -127,3 +127,16 @@ def main_process(processes: list[ContainerProcess]) -> ContainerProcess | None:
     inside = {p.pid for p in processes}
     roots = [p for p in processes if _parent(p.pid) not in inside]
     return (roots or processes)[0]
+
+
+def container_pid(container_id: str) -> tuple[int, str]:
+    """The host PID of a container's main process, and how it was found; UserError if the
+    container has no process on this machine."""
+    from tracer.errors import UserError
+
+    main = main_process(container_processes(container_id))
+    if main is None:
+        raise UserError(f"container {container_id} has no process on this machine: is the "
+                        "agent on the pod's node, in the host's PID namespace?")
+    return main.pid, (f"tracing PID {main.pid} (PID {main.ns_pid} in its container), found "
+                      f"by its {main.how}: {main.cgroup}")
