@@ -5,26 +5,235 @@ The seam with the probe files: `tracer.probes.compile` hands every `kind = "rust
 function of a probe to `compile_async(info, spec, plan)`, which appends the plan's points
 (key "future") and returns the names of the functions it instruments; the synchronous
 pairer hands hits keyed by "future" to the async pairer (tracer.session.async_pairing).
+
+What is placed, per async fn (`crate::reconcile` builds the future, its body is the poll
+function `crate::reconcile::{{closure}}`, DWARF `{async_fn#0}`):
+- the poll's first instruction (POLL): the future is `self`, RSI (RDI is the slot of the
+  returned Poll); its `__state` byte says 0 Unresumed (a first poll), 3+ suspended;
+- every RET of the poll (POLL_EXIT): the state after it (1 Returned: finished), and the
+  returned `Poll<Result<..>>` read through the layout DWARF gives (Ready/Pending, Ok/Err);
+- `core::ptr::drop_in_place<..{{closure}}>` (DROP, self in RDI): the end marker when the
+  state cannot be read (no DWARF and no recognisable state dispatch), and for futures
+  dropped before they completed.
+Where the state lives: DWARF's `__state` member of the future's type, else the poll's own
+dispatch on it (`movzx eax, byte [rsi + OFF]` then a jump table, as rustc emits it at every
+optimisation level). Release builds (cargo's default: no DWARF) keep the poll and the drop as
+functions of their own when the future is boxed as `dyn Future` (their vtable needs them);
+when an outer future has inlined both, name its poll and its drop in the probe (`poll`,
+`drop`): the span is then keyed by the outer future and ended by its drop.
 """
 
 from __future__ import annotations
 
-from tracer.binary.model import BinaryInfo
+import re
+
+from pydemumble import demangle
+
+from tracer.binary.analyze import read_function_code
+from tracer.binary.disasm import iter_instructions, native_entry, return_addresses
+from tracer.binary.model import BinaryInfo, Function
+from tracer.binary.vtables import vtable_methods
 from tracer.errors import UserError
-from tracer.probes.plan import Plan
-from tracer.probes.spec import FunctionSpec
+from tracer.probes.plan import DROP, KEY_FUTURE, POLL, POLL_EXIT, SPAN_RECONCILE, SPAN_STEP, Plan
+from tracer.probes.spec import ROLE_END, ROLE_STEP, FunctionSpec
+
+CLOSURE = "::{{closure}}"
+DROP_PREFIX = "core::ptr::drop_in_place<"
+GEN_FUTURE = "core::future::from_generator::GenFuture<"
+FUTURE_POLL = " as core::future::future::Future>::poll"
+# A poll returning more than two registers' worth returns it through memory (RAX = the slot).
+MAX_REGISTER_RETURN = 16
+MAX_RESULT_BYTES = 64
+# The state dispatch is among the first instructions of the poll.
+STATE_SCAN_INSNS = 40
+
+
+def demangled(name: str) -> str:
+    """Rust symbols (legacy `_ZN..17h<hash>E` and v0 `_R..`) as Rust writes them, hash-free."""
+    if name.startswith(("_ZN", "_R")):
+        return demangle(name)
+    return name
+
+
+def _names(info: BinaryInfo) -> list[tuple[Function, str]]:
+    return [(fn, demangled(fn.name)) for fn in info.functions]
 
 
 def matching_functions(info: BinaryInfo, spec: FunctionSpec) -> list[str]:
     """Names `tracer probes check` reports: the poll functions and the drop markers."""
-    poll = spec.poll or spec.match
-    names = [f.name for f in info.functions
-             if poll.search(f.name) and not (spec.exclude and spec.exclude.search(f.name))]
+    named = _names(info)
+    polls = [(fn, name, _drop_for(named, spec, name)) for fn, name in _polls(named, spec)]
+    if not polls and spec.poll is None:
+        polls = [(fn, demangled(fn.name), drop)
+                 for fn, _inner, drop in _inlined_polls(info, named, spec)]
+    names = [name for _fn, name, _drop in polls]
+    names += [drop[1] for _fn, _name, drop in polls if drop is not None]
+    return list(dict.fromkeys(names))
+
+
+def _polls(named: list[tuple[Function, str]], spec: FunctionSpec) -> list[tuple[Function, str]]:
+    rx = spec.poll or spec.match
+    return [(fn, name) for fn, name in named
+            if rx.search(name) and not name.startswith(DROP_PREFIX)
+            and not (spec.exclude and spec.exclude.search(name))]
+
+
+def _drop_for(named: list[tuple[Function, str]], spec: FunctionSpec,
+              poll_name: str) -> tuple[Function, str] | None:
     if spec.drop is not None:
-        names += [f.name for f in info.functions if spec.drop.search(f.name)]
-    return names
+        found = [(fn, name) for fn, name in named if spec.drop.search(name)]
+    else:
+        # rustc before 1.68 wraps an async body (a generator) in GenFuture, at offset 0.
+        wanted = {f"{DROP_PREFIX}{poll_name}>", f"{DROP_PREFIX}{GEN_FUTURE}{poll_name}>>"}
+        found = [(fn, name) for fn, name in named if name in wanted]
+    return found[0] if found else None
+
+
+def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
+                   spec: FunctionSpec) -> list[tuple[Function, str, tuple[Function, str]]]:
+    """Async bodies whose poll was inlined, found through their drop: a future boxed as
+    `dyn Future` has a vtable [drop_in_place, size, align, poll], so the function next to
+    its drop there is the (outer) poll that contains the inlined body. (poll, the async
+    body's name, the drop) for each."""
+    rx = spec.poll or spec.match
+    out = []
+    for fn, name in named:
+        if not name.startswith(DROP_PREFIX):
+            continue
+        inner = name[len(DROP_PREFIX):-1]
+        if inner.startswith(GEN_FUTURE):
+            inner = inner[len(GEN_FUTURE):-1]
+        if not rx.search(inner) or (spec.exclude and spec.exclude.search(inner)):
+            continue
+        for poll in vtable_methods(info, fn.entry, 3):
+            found = info.function_at(poll)
+            if found is not None and found.entry == poll \
+                    and demangled(found.name).endswith(FUTURE_POLL):
+                out.append((found, inner, (fn, name)))
+    return out
+
+
+def async_fn_name(poll_name: str) -> str:
+    """`crate::reconcile::{{closure}}` is the body of `crate::reconcile`: name spans by it."""
+    return poll_name[: -len(CLOSURE)] if poll_name.endswith(CLOSURE) else poll_name
 
 
 def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]:
-    raise UserError("Rust async functions (kind = \"rust-async\") are not yet supported: "
-                    "trace the poll function as a plain call with --symbol REGEX")
+    if spec.role == ROLE_END:
+        raise UserError(f"{spec.match.pattern!r}: a rust-async function is a reconcile or a "
+                        "step; its end marker is its `drop`")
+    named = _names(info)
+    polls = [(fn, name, _drop_for(named, spec, name)) for fn, name in _polls(named, spec)]
+    if not polls and spec.poll is None:
+        polls = _inlined_polls(info, named, spec)
+    if not polls:
+        drops = [name for _fn, name in named
+                 if name.startswith(DROP_PREFIX) and (spec.poll or spec.match).search(name)]
+        hint = (f" (only its drop, {drops[0]}, is in the binary: its poll was inlined into an "
+                "outer future's; name that one's poll and drop with `poll` and `drop`)"
+                if drops else "")
+        raise UserError(f"no poll function matches {(spec.poll or spec.match).pattern!r} in "
+                        f"{info.path}{hint}")
+    span = SPAN_STEP if spec.role == ROLE_STEP else SPAN_RECONCILE
+    names = []
+    for fn, poll_name, drop in polls:
+        name = async_fn_name(poll_name)
+        layout = FutureLayout.of(info, fn)
+        state = "-:-" if layout.state_offset is None else \
+            f"{layout.state_offset}:{layout.state_size}"
+        exit_decoder = f"rust-poll-exit:{state}:{layout.result_bytes}:{layout.result_mode}"
+        plan.points.append(_point(native_entry(info, fn), name, POLL, f"rust-poll:{state}", span))
+        rets = return_addresses(info, fn)
+        if not rets:
+            plan.notes.append(f"no RET found in {poll_name}: its polls cannot be timed")
+        plan.points.extend(_point(addr, name, POLL_EXIT, exit_decoder, span) for addr in rets)
+        if drop is not None:
+            plan.points.append(_point(native_entry(info, drop[0]), name, DROP, None, span))
+        elif layout.state_offset is None and layout.result is None:
+            raise UserError(
+                f"{poll_name}: neither its future's state (no DWARF, no state dispatch found) "
+                f"nor its drop ({DROP_PREFIX}..>) can be found, so no reconcile can be ended; "
+                "name the drop with `drop = REGEX` in a probe file")
+        if layout.result is not None:
+            plan.rust_results[name] = layout.result
+        plan.notes.append(f"{name}: async, {layout.describe()}"
+                          + ("" if drop else "; no drop marker"))
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _point(addr: int, name: str, role: str, decode: str | None, span: str):
+    from tracer.probes.plan import Point
+
+    return Point(addr, name, role, KEY_FUTURE, decode, span)
+
+
+class FutureLayout:
+    """Where a future keeps its state, and how its poll's result reads."""
+
+    def __init__(self) -> None:
+        self.state_offset: int | None = None
+        self.state_size = 1
+        self.state_source = "none"
+        self.result: dict | None = None
+        self.result_bytes = 0
+        self.result_mode = "r"
+
+    def describe(self) -> str:
+        where = ("state unknown: ended by its drop" if self.state_offset is None else
+                 f"state at +{self.state_offset:#x} ({self.state_source})")
+        return where + ("; Ok/Err read from DWARF" if self.result else "; result not readable")
+
+    @staticmethod
+    def of(info: BinaryInfo, fn: Function) -> FutureLayout:
+        layout = FutureLayout()
+        if info.has_dwarf:
+            from tracer.probes.rust_dwarf import poll_layout
+
+            found = poll_layout(info.path, fn.entry)
+            if found is not None:
+                state, result, return_size = found
+                if state is not None:
+                    layout.state_offset, layout.state_size = state
+                    layout.state_source = "DWARF"
+                if result is not None:
+                    layout.result = result
+                    layout.result_bytes = min(result["read"], MAX_RESULT_BYTES)
+                    layout.result_mode = "m" if return_size > MAX_REGISTER_RETURN else "r"
+        if layout.state_offset is None:
+            offset = state_dispatch_offset(info, fn)
+            if offset is not None:
+                layout.state_offset, layout.state_source = offset, "the poll's dispatch"
+        return layout
+
+
+_MOVZX_BYTE = re.compile(r"^e?\w+, byte ptr \[(\w+) \+ (0x[0-9a-f]+|\d+)\]$")
+_MOV_REG = re.compile(r"^(\w+), (\w+)$")
+
+
+def state_dispatch_offset(info: BinaryInfo, fn: Function) -> int | None:
+    """The offset of the state byte from the poll's own dispatch: rustc loads it from `self`
+    (RSI, or a register it was copied to) with a byte-wide `movzx` and jumps through a table
+    (or compares) right after. Only trusted in an async body (`{{closure}}`, or GenFuture's
+    poll, whose only field is the body): an outer future's first byte load may be a field of
+    its own."""
+    name = demangled(fn.name)
+    if not (name.endswith(CLOSURE) or name.startswith(f"<{GEN_FUTURE}")):
+        return None
+    self_regs = {"rsi"}
+    for n, (_addr, _size, mnem, ops) in enumerate(
+            iter_instructions(read_function_code(info, fn), fn.entry)):
+        if n >= STATE_SCAN_INSNS or mnem in ("ret", "call", "jmp"):
+            return None
+        move = _MOV_REG.match(ops)
+        if mnem == "mov" and move:
+            dst, src = move.groups()
+            if src in self_regs:
+                self_regs.add(dst)
+            else:
+                self_regs.discard(dst)
+            continue
+        load = _MOVZX_BYTE.match(ops)
+        if mnem == "movzx" and load and load.group(1) in self_regs:
+            return int(load.group(2), 0)
+    return None

@@ -8,7 +8,7 @@ to the controller, which is what keeps a hit near 100 µs instead of a milliseco
 Hit line: [ts_ns, point, lwp, goid, sp, value, handler_ns]
   ts_ns  CLOCK_MONOTONIC, taken first thing in stop()
   point  index into the plan's points
-  goid   goroutine id (Go) or null
+  goid   goroutine id (Go), the future's address (key "future": Rust async), or null
   sp     stack pointer, used by the controller to drop re-executed breakpoints
   value  what the point's decoder captured (see Agent.decode), or null
   handler_ns  time spent in this handler before writing: the agent's share of the stop
@@ -83,6 +83,10 @@ class Agent:
         self.hits = 0
         self.type_cache: dict[int, tuple[str, int | None]] = {}
         self.dropped = 0
+        # Rust futures: addresses being polled, per thread; parsed rust-poll decoders.
+        self.polling: dict[int, list[int]] = {}
+        self.rust_specs: dict[str, tuple] = {}
+        self.current_future: int | None = None
         os.set_blocking(self.fd, False)
         self.ptrace: PtraceRegisters | None = None
         self.mem_fd: int | None = None
@@ -275,7 +279,54 @@ class Agent:
         if decoder == "native-return":
             rax = int(reg("rax"))
             return rax - (1 << 64) if rax >= 1 << 63 else rax
+        if decoder.startswith("rust-poll"):
+            return self.rust_poll(reg, decoder)
         return None
+
+    # -- Rust futures (see tracer/probes/rust_async.py) -------------------------------------
+    def future(self, reg, role: str, lwp: int) -> int | None:
+        """The future's address, the key of its polls: `self` of poll(self: Pin<&mut Self>,
+        cx) is RSI (RDI is the slot of the returned Poll), `self` of drop_in_place is RDI. At a
+        poll's RET both are gone: the address was kept per thread at the poll's entry (a
+        thread runs one poll of a given future at a time; nesting is LIFO)."""
+        stack = self.polling.setdefault(lwp, [])
+        if role == "poll":
+            address = int(reg("rsi"))
+            stack.append(address)
+            del stack[:-16]  # polls that unwound (a panic) never reach their RET
+        elif role == "poll-exit":
+            address = stack.pop() if stack else None
+        else:
+            address = int(reg("rdi"))
+        self.current_future = address
+        return address
+
+    def rust_poll(self, reg, decoder: str):
+        """rust-poll:OFF:SIZE at entry -> the future's state; rust-poll-exit:OFF:SIZE:N:MODE at
+        RET -> [state, the first N bytes of the returned Poll, hex]; MODE m: RAX points at it
+        (returned through memory), r: it is RAX:RDX. OFF "-" when the layout is unknown."""
+        spec = self.rust_specs.get(decoder)
+        if spec is None:
+            parts = decoder.split(":")[1:]
+            parts += ["-", "-", "0", "r"][len(parts):]
+            spec = (None if parts[0] == "-" else int(parts[0]),
+                    None if parts[1] == "-" else int(parts[1]), int(parts[2]), parts[3])
+            self.rust_specs[decoder] = spec
+        offset, size, nbytes, mode = spec
+        future = self.current_future
+        state = None
+        if future and offset is not None:
+            state = int.from_bytes(self.read(future + offset, size), "little")
+        if not decoder.startswith("rust-poll-exit"):
+            return state
+        raw = None
+        if nbytes:
+            if mode == "m":
+                raw = self.read(int(reg("rax")), nbytes)
+            else:
+                raw = (int(reg("rax")).to_bytes(8, "little")
+                       + int(reg("rdx")).to_bytes(8, "little"))[:nbytes]
+        return [state, None if raw is None else raw.hex()]
 
     def goid(self, reg, key: str) -> int | None:
         if key == "goid":
@@ -301,7 +352,10 @@ class Agent:
                 self.ptrace = None  # not the ptracer after all: gdb's way from now on
         if reg is None:
             reg = frame_registers()
-        goid = self.goid(reg, point["key"])
+        if point["key"] == "future":
+            goid = self.future(reg, point["role"], lwp)
+        else:
+            goid = self.goid(reg, point["key"])
         sp = reg("rsp")
         value = None
         if point["decode"]:

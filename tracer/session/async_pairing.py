@@ -1,0 +1,195 @@
+"""Pair the hits of Rust futures into spans: one per future, from its first poll to the poll
+that completes it (or its drop), keyed by the future's address.
+
+A future is polled several times, often on different threads, so nothing here is keyed by
+thread: the agent reports each poll's future (RSI at entry, remembered per thread for the
+RET) and each drop's (RDI). The state byte the agent reads says what a poll was: entered in
+state 0 (Unresumed) it starts a reconcile, left in state 1 (Returned) it finished it. When
+the state cannot be read, the first poll of an address not open starts one and the drop
+ends it, at the end of its last poll. Span fields beyond the usual: `future` (hex),
+`polls`, `cpu_ns` (time inside polls), `await_ns` (between them; cpu_ns + await_ns =
+duration_ns), `threads` (the thread of each poll, in order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracer.probes.plan import DROP, POLL, POLL_EXIT, SPAN_STEP
+
+UNRESUMED, RETURNED, PANICKED = 0, 1, 2
+
+
+@dataclass
+class OpenFuture:
+    id: int
+    function: str
+    span: str
+    future: int
+    start_ns: int
+    threads: list[int] = field(default_factory=list)
+    polls: int = 0
+    cpu_ns: int = 0
+    poll_start: int | None = None
+    last_exit_ns: int | None = None
+    outcome: tuple | None = None  # (ok, error type) once a poll returned Ready
+    state_known: bool = False  # the agent reads the state byte: the drop is not the end
+
+
+class AsyncPairer:
+    """Shares the synchronous pairer's ids, counters and `emit` (see Pairer)."""
+
+    def __init__(self, pairer) -> None:
+        self.pairer = pairer
+        self.results = pairer.plan.rust_results
+        self.open: dict[int, OpenFuture] = {}
+
+    def feed(self, hit) -> None:
+        stats = self.pairer.stats
+        stats.hits += 1
+        future = hit.goid
+        role = hit.point.role
+        if future is None:
+            stats.orphan_exits += 1
+            return
+        if role == POLL:
+            self._poll(hit, future)
+        elif role == POLL_EXIT:
+            self._poll_exit(hit, future)
+        elif role == DROP:
+            self._drop(hit, future)
+
+    def _poll(self, hit, future: int) -> None:
+        state = hit.value if isinstance(hit.value, int) else None
+        call = self.open.get(future)
+        if call is not None and state == UNRESUMED:
+            # A new future at the address of one whose end was not seen (its drop missed).
+            self._end(self.open.pop(future), call.last_exit_ns)
+            call = None
+        if call is None:
+            if state is not None and state != UNRESUMED:
+                # Already running when the tracer came: its start is not known.
+                self.pairer.stats.orphan_exits += 1
+                return
+            call = OpenFuture(self.pairer.new_id(), hit.point.function, hit.point.span,
+                              future, hit.ts)
+            self.open[future] = call
+            flight = self.pairer.in_flight
+            flight[call.function] = flight.get(call.function, 0) + 1
+        call.polls += 1
+        call.state_known = state is not None
+        call.threads.append(hit.lwp)
+        call.poll_start = hit.ts
+
+    def _poll_exit(self, hit, future: int) -> None:
+        call = self.open.get(future)
+        if call is None or call.poll_start is None:
+            self.pairer.stats.orphan_exits += 1
+            return
+        call.cpu_ns += hit.ts - call.poll_start
+        call.poll_start = None
+        call.last_exit_ns = hit.ts
+        state, raw = hit.value if isinstance(hit.value, list) else (None, None)
+        ready, outcome = self._read(call.function, raw)
+        if outcome is not None:
+            call.outcome = outcome
+        if state == RETURNED or (state is None and ready):
+            del self.open[future]
+            self._end(call, hit.ts)
+        elif state == PANICKED:
+            del self.open[future]
+            call.outcome = ("panic", None)
+            self._end(call, hit.ts)
+
+    def _drop(self, hit, future: int) -> None:
+        call = self.open.pop(future, None)
+        if call is None:
+            return  # it finished at its last poll, as futures do
+        self.pairer.stats.ended_by_marker += 1
+        if not call.state_known and call.poll_start is None and call.last_exit_ns is not None:
+            # The state is unreadable: it ended with its last poll.
+            self._end(call, call.last_exit_ns)
+        else:
+            # Dropped before it completed (or during a poll that unwound).
+            call.outcome = ("cancelled", None)
+            self._end(call, hit.ts)
+
+    def _read(self, function: str, raw: str | None) -> tuple[bool | None, tuple | None]:
+        """(Ready?, (ok, error type) when Ready) from the returned bytes and the layout."""
+        layout = self.results.get(function)
+        if layout is None or raw is None:
+            return None, None
+        data = bytes.fromhex(raw)
+        if _variant(layout["poll"], data) != layout["ready"]:
+            return False, None
+        variant = _variant(layout["result"], data)
+        if variant == "Ok":
+            return True, (True, None)
+        error = layout["error_type"] or "Err"
+        if layout["error"] is not None:
+            name = _variant(layout["error"], data)
+            if name:
+                error = f"{error}::{name}"
+        return True, (False, error)
+
+    def _end(self, call: OpenFuture, end_ns: int | None) -> None:
+        flight = self.pairer.in_flight
+        flight[call.function] -= 1
+        span = self._span(call, end_ns)
+        if end_ns is not None:
+            self.pairer.stats.spans += 1
+            if call.span == SPAN_STEP:
+                self.pairer.stats.steps += 1
+        self.pairer.emit(span)
+
+    def _span(self, call: OpenFuture, end_ns: int | None) -> dict:
+        duration = None if end_ns is None else end_ns - call.start_ns
+        span: dict = {
+            "type": "span",
+            "id": call.id,
+            "function": call.function,
+            "start_ns": call.start_ns,
+            "end_ns": end_ns,
+            "duration_ns": duration,
+            "thread": call.threads[0] if call.threads else None,
+            "future": f"0x{call.future:x}",
+            "polls": call.polls,
+            "cpu_ns": call.cpu_ns,
+            "await_ns": None if duration is None else duration - call.cpu_ns,
+            "threads": call.threads,
+            "result": None,
+            "error": None,
+        }
+        status = "ok"
+        if end_ns is None:
+            status = "unfinished"
+        elif call.outcome is not None:
+            ok, error = call.outcome
+            if ok is True:
+                span["result"] = {"ok": True}
+            elif ok is False:
+                span["error"] = {"type": error, "message": None}
+                status = "error"
+            else:
+                status = ok  # "panic" or "cancelled"
+        span["status"] = status
+        return span
+
+    def close_all(self) -> list[dict]:
+        """Futures still pending at the end are written as unfinished (and returned)."""
+        spans = []
+        for call in self.open.values():
+            self.pairer.in_flight[call.function] -= 1
+            span = self._span(call, None)
+            spans.append(span)
+            self.pairer.emit(span)
+        self.open.clear()
+        return spans
+
+
+def _variant(enum: dict, data: bytes) -> str | None:
+    raw = data[enum["off"]:enum["off"] + enum["size"]]
+    if len(raw) < enum["size"]:
+        return None
+    value = str(int.from_bytes(raw, "little"))
+    return enum["values"].get(value, enum["default"])
