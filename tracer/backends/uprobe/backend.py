@@ -18,7 +18,7 @@ from tracer.backends.uprobe import tracefs
 from tracer.binary import gotypes
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
-from tracer.probes.plan import ENTRY, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
+from tracer.probes.plan import ENTRY, KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
 
 NAME_BYTES = 64  # one u8 array; a namespace fits (63), a name takes up to 4
 NAME_ARRAYS = 4
@@ -129,6 +129,10 @@ class UprobeBackend:
         from tracer.binary.analyze import analyze
 
         assert self.pid is not None
+        if any(p.key == KEY_FUTURE for p in plan.points):
+            # A poll's RET has lost the future's address; gdb's agent keeps it per thread.
+            raise UserError("Rust async spans (probe kind \"rust-async\") need --backend gdb: "
+                            "kernel uprobes cannot follow a future from a poll to its return")
         self.plan = plan
         info = analyze(self.binary)
         self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)

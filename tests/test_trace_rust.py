@@ -1,0 +1,143 @@
+"""Rust async reconciles: the Rust sample's `async fn reconcile`, polled by its own
+multi-threaded executor, traced through gdb with the kube-rs probe, one span per future.
+
+The ground truth comes from the executor: the boxed future's address, when its first poll
+started and when the poll that completed it returned (and it was dropped), the thread and
+times of every poll. Debug builds carry DWARF (the future's state and the poll's Ok/Err are
+read by it); release builds, as cargo makes them, carry symbols only (the state offset comes
+from the poll's own dispatch, the result is not readable)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+from helpers import read_lines, run_tracer, sample, tracer_pid, wait_for_header, wait_until
+
+from tracer.binary.analyze import analyze
+from tracer.probes.compile import compile_plan
+from tracer.targets.process import altered_code, load_bias
+
+BUILDS = ["rust/rust-operator-debug", "rust/rust-operator-release"]
+WORK_US = 150  # busy work in every poll: each poll's time on CPU is at least this
+KNOBS = ["-workers", "4", "-calls", "300", "-rate", "300", "-work-us", str(WORK_US),
+         "-error-every", "7"]
+
+
+def match_futures(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
+    """Each true reconcile to the one span of its future inside its time; fails on none or
+    two, and on a span holding two reconciles (futures' addresses are reused)."""
+    by_future: dict[str, list[dict]] = {}
+    for span in spans:
+        by_future.setdefault(span["future"], []).append(span)
+    matched: dict[int, dict] = {}
+    used: set[int] = set()
+    for call in truth:
+        found = [s for s in by_future.get(call["future"], [])
+                 if s["end_ns"] is not None
+                 and call["start_ns"] <= s["start_ns"] and s["end_ns"] <= call["end_ns"]]
+        assert len(found) == 1, f"reconcile {call} has {len(found)} spans"
+        assert found[0]["id"] not in used, f"span {found[0]} holds two reconciles"
+        used.add(found[0]["id"])
+        matched[call["seq"]] = found[0]
+    return matched
+
+
+def trace_sample(build: str, operator, tracer_cmd, tmp_path) -> tuple[object, list[dict]]:
+    op = operator(build, *KNOBS, "-linger")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--probe", "kube-rs", "-o", str(trace), "-q",
+                     "--max-stopped", "off")
+    header = wait_for_header(trace, run)
+    assert header["probe"] == "kube-rs"
+    assert header["functions"] == ["rust_operator::reconcile"]
+    op.start_work()
+    wait_until(op.done, 120, "the Rust operator to finish its reconciles")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    return op, read_lines(trace)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_reconcile_once(build, operator, tracer_cmd, tmp_path):
+    op, records = trace_sample(build, operator, tracer_cmd, tmp_path)
+    header, end = records[0], records[-1]
+    spans = [r for r in records if r["type"] == "span"]
+    truth = op.calls()
+    assert len(truth) == 300
+    assert len(spans) == len(truth), "every reconcile exactly once, nothing more"
+    matched = match_futures(truth, spans)
+    moved = [c for c in truth if len(set(c["threads"])) > 1]
+    assert moved, "no future moved between threads: the test proves nothing about it"
+    assert {c["polls"] for c in truth} == {1, 2, 3, 4}
+    for call in truth:
+        span = matched[call["seq"]]
+        assert span["function"] == "rust_operator::reconcile"
+        assert span["polls"] == call["polls"]
+        # The thread of every poll, in order: right also when the future moved.
+        assert span["threads"] == call["threads"]
+        assert span["thread"] == call["threads"][0]
+        assert abs(span["cpu_ns"] + span["await_ns"] - span["duration_ns"]) <= 5_000
+        # Each poll's breakpoints fire inside the executor's timing of that poll, and
+        # every poll spins WORK_US: the time on CPU lies between the two.
+        assert call["polls"] * WORK_US * 1000 <= span["cpu_ns"] <= call["cpu_ns"]
+        assert span["await_ns"] >= 0
+        if header["binary"]["dwarf"]:
+            if call["error"] is None:
+                assert span["status"] == "ok" and span["result"] == {"ok": True}
+                assert span["error"] is None
+            else:
+                assert span["status"] == "error"
+                # The sample's errors: "conflict: ..." and "unavailable: ..."
+                variant = call["error"].split(":")[0].capitalize()
+                assert span["error"]["type"] == f"rust_operator::Error::{variant}"
+        else:
+            assert span["status"] == "ok" and span["result"] is None
+    assert end["pairing"]["orphan_exits"] == 0
+    assert end["code_restored"] is True
+    assert_untouched(op)
+
+
+def assert_untouched(op) -> None:
+    """Detached: no tracer, and every breakpoint byte, read back through /proc/PID/mem,
+    equal to the file's (independently of the tracer's own check)."""
+    assert op.proc.poll() is None, "the operator died"
+    wait_until(lambda: tracer_pid(op.pid) == 0, 15, "TracerPid to be 0")
+    info = analyze(str(op.binary))
+    plan = compile_plan(info, probe="kube-rs")
+    bias = load_bias(op.pid, str(op.binary), info.pie)
+    assert plan.breakpoint_addresses(0), "nothing was traced"
+    assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), bias) == []
+    assert op.stray_signals() == [], "the tracer delivered a signal to the operator"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_probe_check_names_the_future(build):
+    """What the compiled plan holds: the poll's entry and RETs and the drop, keyed by the
+    future; the state offset found in both builds (DWARF, or the poll's own dispatch)."""
+    info = analyze(str(sample(build)))
+    plan = compile_plan(info, probe="kube-rs")
+    roles = {p.role for p in plan.points}
+    assert roles == {"poll", "poll-exit", "drop"}
+    assert {p.key for p in plan.points} == {"future"}
+    assert any("state at +" in note for note in plan.notes), plan.notes
+    assert bool(plan.rust_results) == info.has_dwarf
+
+
+@pytest.mark.parametrize("backend", ["dlv", "uprobe"])
+def test_other_backends_refuse_async(backend, tmp_path):
+    proc = subprocess.Popen([str(sample(BUILDS[0])), "-wait-signal"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        result = run_tracer("attach", str(proc.pid), "--probe", "kube-rs", "--backend",
+                            backend, "-o", str(tmp_path / "t.jsonl"), "-q")
+        assert result.returncode == 2
+        assert result.stderr.startswith("tracer: error: ")
+        assert "--backend gdb" in result.stderr
+        assert not (tmp_path / "t.jsonl").exists()
+        assert tracer_pid(proc.pid) == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
