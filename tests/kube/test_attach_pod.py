@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from helpers import (
@@ -120,3 +122,45 @@ def test_selector_traces_two_pods_into_one_file(kube_cluster, kube, tracer_cmd, 
     assert len(spans) == sum(len(p.operator.calls()) for p in pods)
     ends = [r for r in lines if r["type"] == "end"]
     assert len(ends) == 1 and ends[0]["code_restored"] is True
+
+
+def test_in_cluster_configuration(kube_cluster, kube, tmp_path):
+    """Run in a pod (host PID namespace): no kubeconfig, the pod's service account. The
+    account's files are mounted where every pod has them, in a mount namespace of the
+    tracer's own."""
+    pod = kube.pod("op-incluster", args=CALLS)
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(kube_cluster.admin_token)
+    (account / "ca.crt").write_bytes(kube_cluster.ca.read_bytes())
+    (account / "namespace").write_text("default")
+    port = kube_cluster.server.rsplit(":", 1)[1]
+    trace = tmp_path / "incluster.jsonl"
+    secrets = "/run/secrets/kubernetes.io/serviceaccount"
+    mount = (f"mount -t tmpfs tmpfs /run && mkdir -p {secrets} && "
+             f"mount --bind {account} {secrets} && "
+             'exec "$@"')
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env.update(HOME=str(tmp_path), KUBERNETES_SERVICE_HOST="127.0.0.1",
+               KUBERNETES_SERVICE_PORT=port)
+    # unshare and sh exec: the tracer keeps the PID, so the test ends it by that PID.
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh",
+         sys.executable, "-m", "tracer", "attach", pod.name, "-q", "-o", str(trace)],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        try:
+            header = wait_for_header(trace, None, timeout=60)
+        except AssertionError:
+            os.kill(proc.pid, signal.SIGINT)
+            raise AssertionError(proc.communicate(timeout=30)[1]) from None
+        assert_tags(header, pod)
+        pod.start_work()
+        wait_until(pod.operator.done, 60, "the operator's work")
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert_every_call_once(pod.operator.calls(), spans_of(trace))
