@@ -35,9 +35,9 @@ def header_line(header: dict | None, fallback: str = "attaching...") -> tuple[st
     if not header:
         return fallback, ""
     target = f"PID {header['target']['pid']} ({header['target']['name']})"
-    via = header.get("via") or {}
-    if via.get("pod"):
-        target = f"pod {via.get('namespace') or '?'}/{via['pod']} {target}"
+    where = header.get("k8s") or header.get("via") or {}
+    if where.get("pod"):
+        target = f"pod {where.get('namespace') or '?'}/{where['pod']} {target}"
     b = header["binary"]
     binary = " ".join(x for x in (b.get("go_version") or b["language"],
                                   "stripped" if b["stripped"] else "") if x)
