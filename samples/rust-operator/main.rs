@@ -232,6 +232,53 @@ impl Future for Sleep {
     }
 }
 
+// ---- instrumentation, like kube-rs's (tracing's Instrumented) ---------------------------------
+
+thread_local! {
+    static CURRENT_SPAN: std::cell::Cell<u64> = std::cell::Cell::new(0);
+}
+
+/// A generic wrapper that enters a span around each poll of the future it holds. Built with
+/// `--cfg instrumented`, the executor boxes every reconcile in one, and an optimized build
+/// inlines the reconcile's poll and drop into the wrapper's.
+#[cfg_attr(not(instrumented), allow(dead_code))]
+struct Instrumented<F> {
+    span: u64,
+    inner: F,
+}
+
+impl<F: Future> Future for Instrumented<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // Safety: `inner` is never moved out of the pinned wrapper.
+        let this = unsafe { self.get_unchecked_mut() };
+        let previous = CURRENT_SPAN.with(|c| c.replace(this.span));
+        let outcome = unsafe { Pin::new_unchecked(&mut this.inner) }.poll(cx);
+        CURRENT_SPAN.with(|c| c.set(previous));
+        outcome
+    }
+}
+
+impl<F> Drop for Instrumented<F> {
+    fn drop(&mut self) {
+        CURRENT_SPAN.with(|c| {
+            if c.get() == self.span {
+                c.set(0)
+            }
+        });
+    }
+}
+
+#[cfg(instrumented)]
+fn instrument<F: Future<Output = Result<Action, Error>> + Send + 'static>(seq: u64, f: F) -> BoxedReconcile {
+    Box::pin(Instrumented { span: seq, inner: f })
+}
+
+#[cfg(not(instrumented))]
+fn instrument<F: Future<Output = Result<Action, Error>> + Send + 'static>(_seq: u64, f: F) -> BoxedReconcile {
+    Box::pin(f)
+}
+
 // ---- executor -------------------------------------------------------------------------------
 
 type BoxedReconcile = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
@@ -275,7 +322,7 @@ impl Executor {
         let task = Arc::new(Task {
             seq,
             obj,
-            future: Mutex::new(Some(Box::pin(reconcile(obj)))),
+            future: Mutex::new(Some(instrument(seq, reconcile(obj)))),
             record: Mutex::new(Record { start_ns: 0, polls: Vec::new() }),
             executor: self.clone(),
         });

@@ -91,19 +91,23 @@ def _drop_for(named: list[tuple[Function, str]], spec: FunctionSpec,
 
 def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
                    spec: FunctionSpec) -> list[tuple[Function, str, tuple[Function, str]]]:
-    """Async bodies whose poll was inlined, found through their drop: a future boxed as
+    """Async bodies whose poll was inlined, found through a drop: a future boxed as
     `dyn Future` has a vtable [drop_in_place, size, align, poll], so the function next to
-    its drop there is the (outer) poll that contains the inlined body. (poll, the async
-    body's name, the drop) for each."""
+    its drop there is the (outer) poll that contains the inlined body. The outer future may
+    be the body's own (GenFuture) or a wrapper holding it, as kube-rs's `Instrumented`:
+    then the span is keyed by the wrapper and ended by its drop. (poll, the async body's
+    name, the drop) for each."""
     rx = spec.poll or spec.match
     out = []
     for fn, name in named:
         if not name.startswith(DROP_PREFIX):
             continue
-        inner = name[len(DROP_PREFIX):-1]
-        if inner.startswith(GEN_FUTURE):
-            inner = inner[len(GEN_FUTURE):-1]
-        if not rx.search(inner) or (spec.exclude and spec.exclude.search(inner)):
+        # The body's own future, or one that holds it (GenFuture, an Instrumented-like
+        # wrapper): a type path in the dropped type's arguments names the body.
+        inner = next((path for path in re.split(r"[<>,\s]+", name[len(DROP_PREFIX):-1])
+                      if rx.search(path) and not (spec.exclude and spec.exclude.search(path))),
+                     None)
+        if inner is None:
             continue
         for poll in vtable_methods(info, fn.entry, 3):
             found = info.function_at(poll)
