@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
-from helpers import read_lines, run_tracer, sample, tracer_pid, wait_for_header, wait_until
+from helpers import (
+    ROOT,
+    SAMPLES,
+    read_lines,
+    run_tracer,
+    sample,
+    tracer_pid,
+    wait_for_header,
+    wait_until,
+)
 
 from tracer.binary.analyze import analyze
 from tracer.probes.compile import compile_plan
@@ -28,6 +38,12 @@ KNOBS = ["-workers", "4", "-calls", "300", "-rate", "300", "-work-us", str(WORK_
          "-error-every", "7"]
 
 
+def holds(call: dict, span: dict) -> bool:
+    """The span is this reconcile's: same future, inside the executor's timing of it."""
+    return (span["future"] == call["future"] and span["end_ns"] is not None
+            and call["start_ns"] <= span["start_ns"] and span["end_ns"] <= call["end_ns"])
+
+
 def match_futures(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
     """Each true reconcile to the one span of its future inside its time; fails on none or
     two, and on a span holding two reconciles (futures' addresses are reused)."""
@@ -37,9 +53,7 @@ def match_futures(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
     matched: dict[int, dict] = {}
     used: set[int] = set()
     for call in truth:
-        found = [s for s in by_future.get(call["future"], [])
-                 if s["end_ns"] is not None
-                 and call["start_ns"] <= s["start_ns"] and s["end_ns"] <= call["end_ns"]]
+        found = [s for s in by_future.get(call["future"], []) if holds(call, s)]
         assert len(found) == 1, f"reconcile {call} has {len(found)} spans"
         assert found[0]["id"] not in used, f"span {found[0]} holds two reconciles"
         used.add(found[0]["id"])
@@ -60,6 +74,41 @@ def trace_sample(build: str, operator, tracer_cmd, tmp_path) -> tuple[object, li
     run.proc.send_signal(signal.SIGINT)
     assert run.wait(60) == 0, run.stderr()
     return op, read_lines(trace)
+
+
+# Debian bookworm's rustc (1.63) makes async bodies generators behind GenFuture, whose
+# release builds inline the body into GenFuture's poll; the samples may be built by a newer
+# rustup toolchain, so the other one gets its own builds here when it is installed.
+DEBIAN_RUSTC = Path("/usr/bin/rustc")
+VARIANTS = {"debug": ["-C", "opt-level=0", "-g"],
+            "release": ["-C", "opt-level=3", "-C", "strip=debuginfo"],
+            "instrumented": ["--cfg", "instrumented", "-C", "opt-level=3", "-C",
+                             "strip=debuginfo"]}
+
+
+@pytest.fixture(scope="module")
+def debian_builds(tmp_path_factory) -> dict[str, str]:
+    stamp = SAMPLES / ".stamps" / "rust" / "rust-operator-debug"
+    if not DEBIAN_RUSTC.exists():
+        pytest.skip("no Debian rustc (/usr/bin/rustc): the samples' own builds are the test")
+    version = subprocess.run([DEBIAN_RUSTC, "--version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    if stamp.exists() and stamp.read_text().startswith(version):
+        pytest.skip(f"the samples are built with {version} already")
+    out = tmp_path_factory.mktemp("debian-rustc")
+    builds = {}
+    for variant, flags in VARIANTS.items():
+        binary = out / f"rust-operator-{variant}"
+        subprocess.run([DEBIAN_RUSTC, "--edition", "2021", "--crate-name", "rust_operator",
+                        *flags, "-o", binary, ROOT / "samples/rust-operator/main.rs"],
+                       check=True, capture_output=True)
+        builds[variant] = str(binary)
+    return builds
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_debian_rustc_builds(variant, debian_builds, operator, tracer_cmd, tmp_path):
+    test_every_reconcile_once(debian_builds[variant], operator, tracer_cmd, tmp_path)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -157,3 +206,29 @@ def test_other_backends_refuse_async(backend, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_detach_mid_run(operator, tracer_cmd, tmp_path):
+    """Leaving while futures are suspended between polls: the operator goes on untraced with
+    its code as the file's, the futures still pending are written as unfinished, and every
+    span written is a ground-truth reconcile."""
+    op = operator(BUILDS[1], "-workers", "4", "-calls", "0", "-rate", "200", "-work-us", "50",
+                  "-sleep-us", "2000")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--probe", "kube-rs", "-o", str(trace), "-q",
+                     "--max-stopped", "off", "--duration", "2")
+    wait_for_header(trace, run)
+    op.start_work()
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    end = records[-1]
+    assert end["reason"] == "duration" and end["code_restored"] is True
+    spans = [r for r in records if r["type"] == "span"]
+    finished = [s for s in spans if s["status"] != "unfinished"]
+    assert finished and end["unfinished"] == len(spans) - len(finished)
+    assert_untouched(op)
+    before = len(op.calls())
+    wait_until(lambda: len(op.calls()) > before + 50, 30, "the operator to go on reconciling")
+    traced = [c for c in op.calls() if any(holds(c, s) for s in finished)]
+    assert len(match_futures(traced, finished)) == len(finished), \
+        "a span that is no reconcile of the ground truth"
