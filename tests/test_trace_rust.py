@@ -123,6 +123,13 @@ def test_every_reconcile_once(build, operator, tracer_cmd, tmp_path):
     moved = [c for c in truth if len(set(c["threads"])) > 1]
     assert moved, "no future moved between threads: the test proves nothing about it"
     assert {c["polls"] for c in truth} == {1, 2, 3, 4}
+    # What the build lets the tracer read (said in the header's notes): with DWARF, the
+    # result; with rustc 1.68+ DWARF (which describes the future's `self`), the object too.
+    reads_result = any("Ok/Err read from DWARF" in n for n in header["notes"])
+    reads_request = any("namespace/name read" in n for n in header["notes"])
+    assert reads_result == header["binary"]["dwarf"]
+    if build == "rust/rust-operator-debug":
+        assert reads_request
     for call in truth:
         span = matched[call["seq"]]
         assert span["function"] == "rust_operator::reconcile"
@@ -135,7 +142,10 @@ def test_every_reconcile_once(build, operator, tracer_cmd, tmp_path):
         # every poll spins WORK_US: the time on CPU lies between the two.
         assert call["polls"] * WORK_US * 1000 <= span["cpu_ns"] <= call["cpu_ns"]
         assert span["await_ns"] >= 0
-        if header["binary"]["dwarf"]:
+        # Read from the future's arguments at its first poll (obj: &Request).
+        assert span["request"] == ({"namespace": call["namespace"], "name": call["name"]}
+                                   if reads_request else None)
+        if reads_result:
             if call["error"] is None:
                 assert span["status"] == "ok" and span["result"] == {"ok": True}
                 assert span["error"] is None

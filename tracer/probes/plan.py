@@ -59,8 +59,11 @@ class Plan:
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # Rust async: per function, how to read Ready/Ok/Err from the bytes a poll returned
-    # (tracer.probes.rust_async.result_layout; read by tracer.session.async_pairing).
+    # (tracer.probes.rust_dwarf.poll_layout; read by tracer.session.async_pairing).
     rust_results: dict[str, dict] = field(default_factory=dict)
+    # Rust async: per function, how the agent reads the object (namespace, name) from a
+    # future at its first poll (tracer.probes.rust_dwarf.request_layout).
+    rust_requests: dict[str, dict] = field(default_factory=dict)
 
     def to_agent(self, bias: int, out_fd: int) -> dict:
         return {
@@ -72,6 +75,7 @@ class Plan:
                 "types_base": None if self.go_types_base is None else self.go_types_base + bias,
             },
             "points": [asdict(p) for p in self.points],
+            "rust_requests": self.rust_requests,
         }
 
     def breakpoint_addresses(self, bias: int) -> list[int]:

@@ -160,6 +160,8 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
                 "name the drop with `drop = REGEX` in a probe file")
         if layout.result is not None:
             plan.rust_results[name] = layout.result
+        if layout.request is not None:
+            plan.rust_requests[name] = layout.request
         plan.notes.append(f"{name}: async, {layout.describe()}"
                           + ("" if drop else "; no drop marker"))
         names.append(name)
@@ -182,18 +184,21 @@ class FutureLayout:
         self.result: dict | None = None
         self.result_bytes = 0
         self.result_mode = "r"
+        self.request: dict | None = None  # how to read namespace/name at a first poll
 
     def describe(self) -> str:
         where = ("state unknown: ended by its drop" if self.state_offset is None else
                  f"state at +{self.state_offset:#x} ({self.state_source})")
-        return where + ("; Ok/Err read from DWARF" if self.result else "; result not readable")
+        return (where + ("; Ok/Err read from DWARF" if self.result else "; result not readable")
+                + ("; object's namespace/name read at its first poll" if self.request else ""))
 
     @staticmethod
     def of(info: BinaryInfo, fn: Function) -> FutureLayout:
         layout = FutureLayout()
         if info.has_dwarf:
-            from tracer.probes.rust_dwarf import poll_layout
+            from tracer.probes.rust_dwarf import poll_layout, request_layout
 
+            layout.request = request_layout(info.path, fn.entry)
             found = poll_layout(info.path, fn.entry)
             if found is not None:
                 state, result, return_size = found

@@ -158,3 +158,135 @@ def _result(sub) -> dict | None:
     layout["read"] = max(e["off"] + e["size"] for e in
                          (layout["poll"], layout["result"], layout["error"]) if e)
     return layout
+
+
+# -- the reconciled object: namespace and name, read at a future's first poll --------------
+
+MAX_DEPTH = 8
+
+
+def request_layout(path: str, entry: int) -> dict | None:
+    """How to read the object a reconcile future was made for, from the future at its first
+    poll: {"namespace": steps, "name": steps}, or None. The arguments of an async fn are kept
+    in the future's Unresumed variant; the first one that leads (through references, Arc,
+    Box and struct fields) to a struct with `name` and `namespace` strings (kube-rs:
+    `obj.metadata`, `Option<String>`s) is the object. Steps: ["o", n] add n, ["d"] follow a
+    pointer, ["s", ptr, len, option or null] read a string (ptr and len offsets; option:
+    the Option's discriminant, the string is read only when it is Some)."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return None
+            sub = _subprogram(elf.get_dwarf_info(), entry)
+            env = _env(sub) if sub is not None else None
+            unresumed = next((c for c in env.iter_children()
+                              if c.tag == "DW_TAG_structure_type"
+                              and _name(c) == "Unresumed"), None) if env is not None else None
+            if unresumed is None:
+                return None
+            for member in unresumed.iter_children():
+                if member.tag == "DW_TAG_member":
+                    found = _object(_type(member), [["o", _offset(member)]], 0)
+                    if found is not None:
+                        return found
+    except Exception:  # noqa: BLE001 - a DWARF we cannot read: no request, the span still is
+        return None
+    return None
+
+
+def _env(sub):
+    """The future's own type, from `self: Pin<&mut Env>` (the parameter named self)."""
+    params = [c for c in sub.iter_children() if c.tag == "DW_TAG_formal_parameter"]
+    for param in params:
+        pin = _type(param)
+        pointer = _member(pin, "pointer") or _member(pin, "__pointer") if pin is not None \
+            else None
+        if pointer is not None and _type(pointer) is not None:
+            return _type(_type(pointer))
+    return None
+
+
+def _strip(die):
+    while die is not None and die.tag in ("DW_TAG_typedef", "DW_TAG_const_type",
+                                          "DW_TAG_volatile_type"):
+        die = _type(die)
+    return die
+
+
+def _members(die):
+    return [c for c in die.iter_children() if c.tag == "DW_TAG_member"]
+
+
+def _object(die, steps: list, depth: int) -> dict | None:
+    die = _strip(die)
+    if die is None or depth > MAX_DEPTH:
+        return None
+    if die.tag in ("DW_TAG_pointer_type", "DW_TAG_reference_type"):
+        return _object(_type(die), [*steps, ["d"]], depth + 1)
+    if die.tag != "DW_TAG_structure_type":
+        return None
+    members = {_name(m): m for m in _members(die)}
+    if "name" in members and "namespace" in members:
+        fields = {}
+        for field in ("namespace", "name"):
+            read = _string(_type(members[field]))
+            if read is None:
+                return None
+            fields[field] = [*steps, ["o", _offset(members[field])], read]
+        return fields
+    for member in members.values():
+        found = _object(_type(member), [*steps, ["o", _offset(member)]], depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _string(die) -> list | None:
+    """["s", ptr offset, len offset, option] for String, &str and Option<String>."""
+    die = _strip(die)
+    if die is None or die.tag != "DW_TAG_structure_type":
+        return None
+    option = _enum(die, 0)
+    if option is not None:
+        names = {option["default"], *option["values"].values()}
+        if names != {"None", "Some"} or "Some" not in option["payload"]:
+            return None
+        offset, inner = option["payload"]["Some"]
+        parts = _string_parts(inner)
+        if parts is None:
+            return None
+        return ["s", offset + parts[0], offset + parts[1], _plain(option)]
+    parts = _string_parts(die)
+    return None if parts is None else ["s", parts[0], parts[1], None]
+
+
+def _string_parts(die) -> tuple[int, int] | None:
+    """(offset of the data pointer, offset of the length) in String (vec.buf...ptr, vec.len)
+    or &str (data_ptr, length)."""
+    die = _strip(die)
+    name = _name(die) or ""
+    if name not in ("String", "&str"):
+        return None
+    length = pointer = None
+
+    def walk(d, base: int, depth: int) -> None:
+        nonlocal length, pointer
+        d = _strip(d)
+        if d is None or depth > MAX_DEPTH:
+            return
+        if d.tag == "DW_TAG_pointer_type":
+            if pointer is None:
+                pointer = base
+            return
+        if d.tag != "DW_TAG_structure_type":
+            return
+        for m in _members(d):
+            if _name(m) in ("len", "length") and length is None and \
+                    _strip(_type(m)).tag == "DW_TAG_base_type":
+                length = base + _offset(m)
+            else:
+                walk(_type(m), base + _offset(m), depth + 1)
+
+    walk(die, 0, 0)
+    return None if length is None or pointer is None else (pointer, length)

@@ -34,6 +34,7 @@ class OpenFuture:
     last_exit_ns: int | None = None
     outcome: tuple | None = None  # (ok, error type) once a poll returned Ready
     state_known: bool = False  # the agent reads the state byte: the drop is not the end
+    request: dict | None = None  # the object (namespace, name), read at the first poll
 
 
 class AsyncPairer:
@@ -60,7 +61,11 @@ class AsyncPairer:
             self._drop(hit, future)
 
     def _poll(self, hit, future: int) -> None:
-        state = hit.value if isinstance(hit.value, int) else None
+        value = hit.value
+        request = None
+        if isinstance(value, list):  # a first poll that read the object: [state, ns, name]
+            value, request = value[0], {"namespace": value[1], "name": value[2]}
+        state = value if isinstance(value, int) else None
         call = self.open.get(future)
         if call is not None and state == UNRESUMED:
             # A new future at the address of one whose end was not seen (its drop missed).
@@ -72,7 +77,7 @@ class AsyncPairer:
                 self.pairer.stats.orphan_exits += 1
                 return
             call = OpenFuture(self.pairer.new_id(), hit.point.function, hit.point.span,
-                              future, hit.ts)
+                              future, hit.ts, request=request)
             self.open[future] = call
             flight = self.pairer.in_flight
             flight[call.function] = flight.get(call.function, 0) + 1
@@ -109,8 +114,11 @@ class AsyncPairer:
         if not call.state_known and call.poll_start is None and call.last_exit_ns is not None:
             # The state is unreadable: it ended with its last poll.
             self._end(call, call.last_exit_ns)
+        elif call.poll_start is not None:
+            # Dropped inside a poll that never returned: the poll panicked and unwound.
+            call.outcome = ("panic", None)
         else:
-            # Dropped before it completed (or during a poll that unwound).
+            # Dropped between polls, before it completed: cancelled (a timeout, a select).
             call.outcome = ("cancelled", None)
             self._end(call, hit.ts)
 
@@ -157,6 +165,7 @@ class AsyncPairer:
             "cpu_ns": call.cpu_ns,
             "await_ns": None if duration is None else duration - call.cpu_ns,
             "threads": call.threads,
+            "request": call.request,
             "result": None,
             "error": None,
         }

@@ -87,6 +87,8 @@ class Agent:
         self.polling: dict[int, list[int]] = {}
         self.rust_specs: dict[str, tuple] = {}
         self.current_future: int | None = None
+        self.current_function = ""
+        self.rust_requests: dict[str, dict] = plan.get("rust_requests") or {}
         os.set_blocking(self.fd, False)
         self.ptrace: PtraceRegisters | None = None
         self.mem_fd: int | None = None
@@ -284,12 +286,14 @@ class Agent:
         return None
 
     # -- Rust futures (see tracer/probes/rust_async.py) -------------------------------------
-    def future(self, reg, role: str, lwp: int) -> int | None:
+    def future(self, reg, point: dict, lwp: int) -> int | None:
         """The future's address, the key of its polls: `self` of poll(self: Pin<&mut Self>,
         cx) is RSI (RDI is the slot of the returned Poll), `self` of drop_in_place is RDI. At a
         poll's RET both are gone: the address was kept per thread at the poll's entry (a
         thread runs one poll of a given future at a time; nesting is LIFO)."""
         stack = self.polling.setdefault(lwp, [])
+        role = point["role"]
+        self.current_function = point["function"]
         if role == "poll":
             address = int(reg("rsi"))
             stack.append(address)
@@ -318,6 +322,11 @@ class Agent:
         if future and offset is not None:
             state = int.from_bytes(self.read(future + offset, size), "little")
         if not decoder.startswith("rust-poll-exit"):
+            recipe = self.rust_requests.get(self.current_function)
+            if state == 0 and recipe and self.capture_args:
+                # A first poll: the future still holds its arguments, the object among them.
+                return [state, self.rust_string(future, recipe["namespace"]),
+                        self.rust_string(future, recipe["name"])]
             return state
         raw = None
         if nbytes:
@@ -327,6 +336,26 @@ class Agent:
                 raw = (int(reg("rax")).to_bytes(8, "little")
                        + int(reg("rdx")).to_bytes(8, "little"))[:nbytes]
         return [state, None if raw is None else raw.hex()]
+
+    def rust_string(self, addr: int, steps: list) -> str | None:
+        """Follow a request_layout path from the future to a string (None: an Option that
+        is None, or a pointer that is null)."""
+        for step in steps:
+            if step[0] == "o":
+                addr += step[1]
+            elif step[0] == "d":
+                addr = self.u64(addr)
+                if not addr:
+                    return None
+            else:
+                _kind, ptr, length, option = step
+                if option is not None:
+                    tag = int.from_bytes(self.read(addr + option["off"], option["size"]),
+                                         "little")
+                    if option["values"].get(str(tag), option["default"]) != "Some":
+                        return None
+                return self.string(self.u64(addr + ptr), self.u64(addr + length), MAX_NAME)
+        return None
 
     def goid(self, reg, key: str) -> int | None:
         if key == "goid":
@@ -353,7 +382,7 @@ class Agent:
         if reg is None:
             reg = frame_registers()
         if point["key"] == "future":
-            goid = self.future(reg, point["role"], lwp)
+            goid = self.future(reg, point, lwp)
         else:
             goid = self.goid(reg, point["key"])
         sp = reg("rsp")
