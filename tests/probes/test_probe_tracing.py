@@ -3,6 +3,8 @@ the sample's own ground truth; and the wasm-operator probe on a Rust binary."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from helpers import (
     assert_every_call_once,
@@ -165,3 +167,29 @@ def test_native_probe_on_a_go_binary_is_refused(tmp_path):
     assert result.returncode == 1
     assert "for native code" in result.stdout
 
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="kernel uprobes need root")
+def test_kernel_uprobes_decode_the_same(operator, tracer_cmd, tmp_path):
+    """The probe decoders as uprobe fetch-args: workqueue key and error, ArangoDB interval,
+    Percona request/result/error with its steps."""
+    _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path,
+                                      "go1.27/workqueue-controller", "--backend", "uprobe")
+    matched = match_spans(truth, spans)
+    for call in truth:
+        span = matched[call["seq"]]
+        assert (span["key"], span["error"]) == (call["key"], call["error"])
+
+    _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path,
+                                      "go1.27/arangodb-operator", "--backend", "uprobe")
+    matched = match_spans(truth, spans)
+    for call in truth:
+        span = matched[call["seq"]]
+        assert span["result"]["requeue_after_ns"] == call["requeue_after_ns"]
+        assert span["last_interval_ns"] == call["last_interval_ns"]
+
+    _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path,
+                                      "go1.27/psmdb-operator-stripped", "--backend", "uprobe")
+    top = reconciles(spans)
+    assert_every_call_once(truth, top)
+    assert_steps(truth, spans, match_spans(truth, top))
