@@ -165,6 +165,18 @@ class Memory:
             return [reg["rax"] & 0xFF != 0, rbx, error]
         if decoder == "go-panic":
             return self.interface_value(reg["rax"], reg["rbx"])
+        # Probe-file decoders (docs/probes.md), as in the gdb agent.
+        if decoder in ("go-key", "go-key-ctx"):
+            if not self.capture_args:
+                return None
+            ptr, length = ("rbx", "rcx") if decoder == "go-key" else ("rdi", "rsi")
+            return self.string(reg[ptr], reg[length], MAX_NAME)
+        if decoder == "go-error":
+            itab = reg["rax"]
+            return self.interface_value(self.itab_type(itab), reg["rbx"]) if itab else None
+        if decoder in ("go-duration", "go-duration-arg"):
+            value = reg["rax" if decoder == "go-duration" else "rbx"]
+            return value - (1 << 64) if value >= 1 << 63 else value
         return None
 
 
