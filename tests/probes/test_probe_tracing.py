@@ -169,27 +169,32 @@ def test_native_probe_on_a_go_binary_is_refused(tmp_path):
 
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="kernel uprobes need root")
-def test_kernel_uprobes_decode_the_same(operator, tracer_cmd, tmp_path):
-    """The probe decoders as uprobe fetch-args: workqueue key and error, ArangoDB interval,
-    Percona request/result/error with its steps."""
+@pytest.mark.parametrize("backend", [
+    "dlv",
+    pytest.param("uprobe", marks=pytest.mark.skipif(os.geteuid() != 0,
+                                                    reason="kernel uprobes need root")),
+])
+def test_other_backends_decode_the_same(backend, operator, tracer_cmd, tmp_path):
+    """The probe decoders through Delve (from registers) and kernel uprobes (fetch-args):
+    workqueue key and error, ArangoDB interval, Percona request/result/error and steps."""
     _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path,
-                                      "go1.27/workqueue-controller", "--backend", "uprobe")
+                                      "go1.27/workqueue-controller", "--backend", backend)
     matched = match_spans(truth, spans)
     for call in truth:
         span = matched[call["seq"]]
         assert (span["key"], span["error"]) == (call["key"], call["error"])
 
     _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path,
-                                      "go1.27/arangodb-operator", "--backend", "uprobe")
+                                      "go1.27/arangodb-operator", "--backend", backend)
     matched = match_spans(truth, spans)
     for call in truth:
         span = matched[call["seq"]]
         assert span["result"]["requeue_after_ns"] == call["requeue_after_ns"]
         assert span["last_interval_ns"] == call["last_interval_ns"]
 
-    _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path,
-                                      "go1.27/psmdb-operator-stripped", "--backend", "uprobe")
+    build = "go1.27/psmdb-operator" + ("-stripped" if backend == "uprobe" else "")
+    _, spans, truth, _ = trace_sample(operator, tracer_cmd, tmp_path, build,
+                                      "--backend", backend)
     top = reconciles(spans)
     assert_every_call_once(truth, top)
     assert_steps(truth, spans, match_spans(truth, top))
