@@ -355,6 +355,11 @@ class Session:
         if self.writer is None:
             return 0
         unfinished = self.pairer.close_all()
+        extra = backend.end_fields() if hasattr(backend, "end_fields") else {}
+        lost = {k: v for k, v in (extra.get("events_lost") or {}).items() if v}
+        if lost:  # never silent: the kernel's own counts of events it could not keep
+            self.on_status("warning: events were lost, spans may be missing: " +
+                           ", ".join(f"{k} {v}" for k, v in lost.items()))
         self.writer.write({
             "type": "end",
             "reason": reason,
@@ -368,6 +373,7 @@ class Session:
             "hits_dropped": self.hits_dropped,
             "breakpoints_removed": removed,
             "code_restored": None if altered is None else not altered,
+            **extra,
         })
         self.writer.close()
         return len(unfinished)

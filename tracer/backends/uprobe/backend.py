@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import select
+import struct
 import threading
 import time
 from collections.abc import Callable
 
-from tracer.backends.uprobe import tracefs
+from tracer.backends.uprobe import ringbuf, tracefs
 from tracer.binary import gotypes
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
-from tracer.probes.plan import ENTRY, KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
+from tracer.probes.plan import KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
 
-NAME_BYTES = 64  # one u8 array; a namespace fits (63), a name takes up to 4
-NAME_ARRAYS = 4
-MESSAGE_ARRAYS = 4  # messages are kept to 256 bytes here (the gdb agent keeps 1,024)
-
-LINE = re.compile(r"^\s*.*-(\d+)\s+\[\d+\]\s+\S+\s+(\d+)\.(\d+): (\w+): \(0x[0-9a-f]+\)(.*)$")
-FIELD = re.compile(r"(\w+)=(\{[^}]*\}|\S+)")
+NAME_BYTES = 64  # a namespace (63 at most) in one u64[8]
+STRING_BYTES = 256  # names, keys, messages: one u64[32] each (the gdb agent keeps 1,024)
+TICK_S = 0.02  # the reader reads every CPU's pages this often, never woken per event
+SETTLE_NS = 10_000_000  # an event is committed this soon after its timestamp: older ones
+# from every CPU are all in, so they can be put in time order and handed over
+BUFFER_KB = 16384  # per CPU: about a second of 20,000 reconciles/s with names and messages
 
 
 def check_uprobe(info: BinaryInfo) -> str:
@@ -33,29 +32,31 @@ def check_uprobe(info: BinaryInfo) -> str:
         raise UserError("--backend uprobe needs root (kernel uprobes through tracefs): run as "
                         "root or use --backend gdb")
     tracefs.mount_point()
-    return "uprobe: kernel uprobes on a private trace instance, timestamps in µs"
+    return "uprobe: kernel uprobes on a private trace instance, read raw, timestamps in ns"
 
 
 def _fetchargs(point: Point, goid_offset: int | None) -> str:
+    """What the kernel reads at each hit. Each string is one array behind one pointer chain:
+    a nil pointer (no error, the common case) then faults once, not once per array (a fault
+    costs about a microsecond here; measured in scripts/bench-fetchargs)."""
     args = ["sp=%sp:u64"]
     if point.key == KEY_GOID and goid_offset is not None:
         args.append(f"goid=+{goid_offset}(%r14):s64")
     elif point.key == KEY_GOID_FROM_ARG and goid_offset is not None:
         args.append(f"goid=+{goid_offset}(%ax):s64")
     if point.decode == "cr-request":
-        args += ["nsl=%si:s64", f"ns0=+0(%di):u64[{NAME_BYTES // 8}]", "nml=%r9:s64"]
-        args += _arrays("nm", "%r8")
+        args += ["nsl=%si:s64", f"ns=+0(%di):u64[{NAME_BYTES // 8}]", "nml=%r9:s64",
+                 _string("nm", "%r8")]
     elif point.decode == "cr-result":
-        args += ["rq=%ax:u8", "ra=%bx:s64", "itab=%cx:u64", "eml=+8(%di):s64"]
-        args += _arrays("em", "+0(%di)")
+        args += ["rq=%ax:u8", "ra=%bx:s64", "itab=%cx:u64", "eml=+8(%di):s64",
+                 _string("em", "+0(%di)")]
     elif point.decode == "go-panic":
-        args += ["pt=%ax:u64", "pml=+8(%bx):s64"]
-        args += _arrays("pm", "+0(%bx)")
+        args += ["pt=%ax:u64", "pml=+8(%bx):s64", _string("pm", "+0(%bx)")]
     elif point.decode in ("go-key", "go-key-ctx"):
         ptr, length = ("%bx", "%cx") if point.decode == "go-key" else ("%di", "%si")
-        args += [f"kl={length}:s64", *_arrays("k", ptr)]
+        args += [f"kl={length}:s64", _string("k", ptr)]
     elif point.decode == "go-error":
-        args += ["itab=%ax:u64", "eml=+8(%bx):s64", *_arrays("em", "+0(%bx)")]
+        args += ["itab=%ax:u64", "eml=+8(%bx):s64", _string("em", "+0(%bx)")]
     elif point.decode in ("go-duration", "go-duration-arg"):
         args.append("dur=%ax:s64" if point.decode == "go-duration" else "dur=%bx:s64")
     elif point.decode == "native-args":
@@ -65,23 +66,41 @@ def _fetchargs(point: Point, goid_offset: int | None) -> str:
     return " ".join(args)
 
 
-def _arrays(name: str, pointer: str) -> list[str]:
-    """A string's bytes as u8 arrays (the kernel's largest is 64 elements)."""
-    # u64 elements: the kernel fetches an array element by element, and eight 8-byte reads
-    # cost far less than 64 one-byte ones.
-    return [f"{name}{i}=+{i * NAME_BYTES}({pointer}):u64[{NAME_BYTES // 8}]"
-            for i in range(NAME_ARRAYS)]
+def _string(name: str, pointer: str) -> str:
+    """A Go string's bytes as one u64 array (eight-byte reads cost far less than one-byte
+    ones: the kernel fetches an array element by element)."""
+    return f"{name}=+0({pointer}):u64[{STRING_BYTES // 8}]"
 
 
-def _joined(fields: dict[str, str], name: str, length: str) -> str:
-    data = b"".join(_bytes(fields[key]) for i in range(NAME_ARRAYS)
-                    if (key := f"{name}{i}") in fields)
-    return data[: max(0, int(length))].decode("utf-8", "replace")
+def _text(data: bytes, length: int) -> str:
+    return data[: max(0, length)].decode("utf-8", "replace")
 
 
-def _bytes(text: str) -> bytes:
-    """The bytes of a printed u64 array, `{7308626346926468974,...}`, in memory order."""
-    return b"".join(int(x).to_bytes(8, "little") for x in text.strip("{}").split(",") if x)
+class _Event:
+    """One probe's record layout: where each fetched value sits in the event's bytes."""
+
+    def __init__(self, index: int, fields: dict[str, ringbuf.Field]) -> None:
+        self.index = index
+        self.scalars = [(name, f.offset, _SCALAR[(f.size, f.signed)])
+                        for name, f in fields.items()
+                        if not f.array and not name.startswith("common_")
+                        and name != "__probe_ip"]
+        self.arrays = [(name, f.offset, f.size) for name, f in fields.items() if f.array]
+        self.pid = fields["common_pid"].offset
+
+    def values(self, data: memoryview) -> dict:
+        f: dict = {name: kind.unpack_from(data, off)[0] for name, off, kind in self.scalars}
+        for name, off, size in self.arrays:
+            f[name] = bytes(data[off:off + size])
+        return f
+
+
+_SCALAR = {(1, False): struct.Struct("<B"), (1, True): struct.Struct("<b"),
+           (2, False): struct.Struct("<H"), (2, True): struct.Struct("<h"),
+           (4, False): struct.Struct("<I"), (4, True): struct.Struct("<i"),
+           (8, False): struct.Struct("<Q"), (8, True): struct.Struct("<q")}
+_ID = struct.Struct("<H")
+_PID = struct.Struct("<i")
 
 
 class UprobeBackend:
@@ -102,12 +121,16 @@ class UprobeBackend:
         self.points: list[Point] = []
         self.plan: Plan | None = None
         self._stop = threading.Event()
-        self._drained = threading.Event()
         self._reader: threading.Thread | None = None
         self._marker = 0
         self._types: dict[int, tuple[str, int | None]] = {}
         self._mem: int | None = None
         self.capture = True
+        self._layout = ringbuf.PageLayout()
+        self._formats: dict[int, _Event] = {}
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
+        self.pages_missed = 0
+        self.lost: dict[str, int] | None = None
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self, binary: str | None) -> None:
@@ -153,10 +176,14 @@ class UprobeBackend:
             self.instance = os.path.join(self.root, "instances", self.group)
             os.makedirs(self.instance, exist_ok=True)
             tracefs.write(os.path.join(self.instance, "trace_clock"), "mono")
-            tracefs.write(os.path.join(self.instance, "buffer_size_kb"), "8192")
+            tracefs.write(os.path.join(self.instance, "buffer_size_kb"), str(BUFFER_KB))
             tasks = " ".join(os.listdir(f"/proc/{self.pid}/task"))
             tracefs.write(os.path.join(self.instance, "options", "event-fork"), "1")
             tracefs.write(os.path.join(self.instance, "set_event_pid"), tasks)
+            self._layout = ringbuf.page_layout(self.root)
+            for index, event in enumerate(self.events):
+                event_id, fields = ringbuf.event_format(self.root, self.group, event)
+                self._formats[event_id] = _Event(index, fields)
         except OSError as exc:
             self._remove()
             raise UserError(f"the kernel refused the uprobes ({exc.strerror}): use "
@@ -173,27 +200,33 @@ class UprobeBackend:
 
     # -- hits -------------------------------------------------------------------------------
     def _read(self) -> None:
-        fd = os.open(os.path.join(self.instance, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
+        """Every TICK_S, each CPU's pages until none is left; hits handed over in time order
+        once no CPU can still add an earlier one (a goroutine's entry and return may be
+        recorded on different CPUs)."""
+        folder = os.path.join(self.instance, "per_cpu")
+        fds = [os.open(os.path.join(folder, cpu, "trace_pipe_raw"), os.O_RDONLY | os.O_NONBLOCK)
+               for cpu in sorted(os.listdir(folder))]
         out = os.fdopen(self._w, "wb", buffering=0)
-        buffer = b""
+        held: list[tuple[int, bytes]] = []
         try:
             while True:
-                ready, _, _ = select.select([fd], [], [], 0.05)
-                chunk = b""
-                if ready:
-                    try:
-                        chunk = os.read(fd, 1 << 20)
-                    except BlockingIOError:
-                        chunk = b""
-                if chunk:
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    data = b"".join(self._convert(line) for line in lines)
-                    if data:
-                        out.write(data)
+                stopping = self._stop.wait(TICK_S)
+                if stopping:
+                    time.sleep(TICK_S)  # a hit begun before the probes went off is committed
+                floor = time.monotonic_ns() - SETTLE_NS
+                for fd in fds:
+                    self._drain(fd, held)
+                if not held and not stopping:
                     continue
-                if self._stop.is_set():
-                    self._drained.set()
+                held.sort()
+                if stopping:
+                    ready, held = held, []
+                else:
+                    cut = next((i for i, (ts, _) in enumerate(held) if ts > floor), len(held))
+                    ready, held = held[:cut], held[cut:]
+                if ready:
+                    out.write(b"".join(line for _, line in ready))
+                if stopping:
                     if self._marker_wanted:
                         out.write(json.dumps({"marker": self._marker}).encode() + b"\n")
                         self._marker_wanted = False
@@ -201,29 +234,59 @@ class UprobeBackend:
                         return
                     self._stop.clear()
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
             out.close()
 
     _marker_wanted = False
     _closing = False
 
-    def _convert(self, raw: bytes) -> bytes:
-        match = LINE.match(raw.decode("utf-8", "replace"))
-        if not match:
-            return b""
-        tid, secs, usecs, event, rest = match.groups()
-        index = int(event[1:])
-        point = self.points[index]
-        fields = dict(FIELD.findall(rest))
-        ts = int(secs) * 1_000_000_000 + int(usecs.ljust(6, "0")[:6]) * 1000
-        if point.role != ENTRY:
-            # The kernel prints microseconds: an entry is at or after its floor, an end at or
-            # before its ceiling. Spans must contain the call, so ends take the ceiling.
-            ts += 999
-        goid = int(fields["goid"]) if "goid" in fields else None
-        value = self._value(point, fields)
-        hit = [ts, index, int(tid), goid, int(fields["sp"]), value, 0]
+    def _drain(self, fd: int, held: list[tuple[int, bytes]]) -> None:
+        while True:
+            try:
+                page = os.read(fd, self._page_size)
+            except BlockingIOError:
+                return
+            if not page:
+                return
+            events, missed = ringbuf.events(page, self._layout)
+            if missed:
+                self.pages_missed += 1
+            for ts, data in events:
+                line = self._convert(ts, data)
+                if line is not None:
+                    held.append((ts, line))
+
+    def _convert(self, ts: int, data: memoryview) -> bytes | None:
+        event = self._formats.get(_ID.unpack_from(data, 0)[0])
+        if event is None:
+            return None
+        point = self.points[event.index]
+        tid = _PID.unpack_from(data, event.pid)[0]
+        try:
+            fields = event.values(data)
+            value = self._value(point, fields)
+        except Exception as exc:  # noqa: BLE001 - a record we cannot decode is said, not fatal
+            return json.dumps({"agent_error": f"uprobe p{event.index}: {exc!r}"}).encode() + \
+                b"\n"
+        hit = [ts, event.index, tid, fields.get("goid"), fields["sp"], value, 0]
         return json.dumps(hit, separators=(",", ":")).encode() + b"\n"
+
+    def lost_counts(self) -> dict[str, int]:
+        """The instance's own count of events it could not keep (read at the end, before the
+        instance goes): overwritten unread (overrun), refused with the buffer full (dropped),
+        and pages the reader found flagged as having lost events before them."""
+        counts = {"overrun": 0, "dropped": 0, "commit_overrun": 0}
+        folder = os.path.join(self.instance, "per_cpu")
+        for cpu in os.listdir(folder):
+            with open(os.path.join(folder, cpu, "stats")) as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    key = key.strip().replace(" ", "_").replace("dropped_events", "dropped")
+                    if key in counts:
+                        counts[key] += int(value.split()[0])
+        counts["pages_missed"] = self.pages_missed
+        return counts
 
     def _read_mem(self, addr: int, size: int) -> bytes:
         assert self._mem is not None
@@ -242,43 +305,41 @@ class UprobeBackend:
             cached = self._types[type_addr] = (name, offset)
         return cached
 
-    def _interface(self, type_addr: int, fields: dict[str, str], prefix: str) -> list | None:
+    def _interface(self, type_addr: int, f: dict, prefix: str) -> list | None:
         if type_addr == 0:
             return None
         name, offset = self._type(type_addr)
         message = None
         if offset == 0 and self.capture:
-            message = _joined(fields, prefix, fields[prefix + "l"])
+            message = _text(f[prefix], f[prefix + "l"])
         return [name, message]
 
-    def _value(self, point: Point, f: dict[str, str]):
-        if point.decode == "cr-request":
+    def _error(self, itab: int, f: dict) -> list | None:
+        if not itab:
+            return None
+        type_addr = int.from_bytes(self._read_mem(itab + 8, 8), "little")
+        return self._interface(type_addr, f, "em")
+
+    def _value(self, point: Point, f: dict):
+        decode = point.decode
+        if decode == "cr-request":
             if not self.capture:
                 return None
-            return [_joined(f, "ns", f["nsl"]), _joined(f, "nm", f["nml"])]
-        if point.decode == "cr-result":
-            itab = int(f["itab"])
-            error = None
-            if itab:
-                type_addr = int.from_bytes(self._read_mem(itab + 8, 8), "little")
-                error = self._interface(type_addr, f, "em")
-            return [int(f["rq"]) != 0, int(f["ra"]), error]
-        if point.decode == "go-panic":
-            return self._interface(int(f["pt"]), f, "pm")
-        if point.decode in ("go-key", "go-key-ctx"):
-            return _joined(f, "k", f["kl"]) if self.capture else None
-        if point.decode == "go-error":
-            itab = int(f["itab"])
-            if not itab:
-                return None
-            type_addr = int.from_bytes(self._read_mem(itab + 8, 8), "little")
-            return self._interface(type_addr, f, "em")
-        if point.decode in ("go-duration", "go-duration-arg"):
-            return int(f["dur"])
-        if point.decode == "native-args":
-            return [int(f["a0"]), int(f["a1"])]
-        if point.decode == "native-return":
-            return int(f["ret"])
+            return [_text(f["ns"], f["nsl"]), _text(f["nm"], f["nml"])]
+        if decode == "cr-result":
+            return [f["rq"] != 0, f["ra"], self._error(f["itab"], f)]
+        if decode == "go-panic":
+            return self._interface(f["pt"], f, "pm")
+        if decode in ("go-key", "go-key-ctx"):
+            return _text(f["k"], f["kl"]) if self.capture else None
+        if decode == "go-error":
+            return self._error(f["itab"], f)
+        if decode in ("go-duration", "go-duration-arg"):
+            return f["dur"]
+        if decode == "native-args":
+            return [f["a0"], f["a1"]]
+        if decode == "native-return":
+            return f["ret"]
         return None
 
     # -- while running ----------------------------------------------------------------------
@@ -328,9 +389,22 @@ class UprobeBackend:
 
     def detach(self) -> int:
         removed = len(self.events)
+        self._count_lost()
         self._remove()
         self.attached = False
         return removed
+
+    def _count_lost(self) -> None:
+        if self.lost is None and self.instance and os.path.isdir(self.instance):
+            try:
+                self.lost = self.lost_counts()
+            except OSError:
+                pass
+
+    def end_fields(self) -> dict:
+        """For the end line: events the kernel could not keep. Never silent."""
+        self._count_lost()
+        return {"events_lost": self.lost}
 
     def _remove(self) -> None:
         if self.group:
@@ -343,6 +417,7 @@ class UprobeBackend:
             self._reader.join(timeout=5)
         else:
             os.close(self._w)
+        self._count_lost()
         self._remove()
         if self._mem is not None:
             os.close(self._mem)
