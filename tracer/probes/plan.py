@@ -76,6 +76,7 @@ class Plan:
             },
             "points": [asdict(p) for p in self.points],
             "rust_requests": self.rust_requests,
+            "rust_results": self.rust_results,
         }
 
     def breakpoint_addresses(self, bias: int) -> list[int]:

@@ -99,7 +99,7 @@ def _enum(die, base: int) -> dict | None:
     discr = part.get_DIE_from_attribute("DW_AT_discr")
     size = _size(_type(discr)) or 0
     enum = {"off": base + _offset(discr), "size": size, "values": {}, "default": None,
-            "name": _name(discr), "payload": {}}
+            "name": _name(discr), "payload": {}, "bodies": {}}
     for variant in part.iter_children():
         if variant.tag != "DW_TAG_variant":
             continue
@@ -113,6 +113,8 @@ def _enum(die, base: int) -> dict | None:
         else:
             enum["values"][str(value.value & ((1 << (8 * size)) - 1))] = name
         body = _type(member)
+        if body is not None:
+            enum["bodies"][name] = (base + _offset(member), body)
         inner = _member(body, "__0") if body is not None else None
         if inner is not None:
             enum["payload"][name] = (base + _offset(member) + _offset(inner), _type(inner))
@@ -148,16 +150,37 @@ def _result(sub) -> dict | None:
     if result is None or {"Ok", "Err"} - {result["default"], *result["values"].values()}:
         return None
     layout = {"poll": _plain(poll), "ready": ready, "result": _plain(result), "error": None,
-              "error_type": None}
+              "error_type": None, "messages": {}}
     if "Err" in result["payload"]:
         err_offset, err_type = result["payload"]["Err"]
         layout["error_type"] = _full_name(err_type)
         error = _enum(err_type, err_offset) if err_type is not None else None
         if error is not None:
             layout["error"] = _plain(error)
+            bodies = error["bodies"].items()
+        else:
+            bodies = [(None, (err_offset, err_type))] if err_type is not None else []
+        # Like a Go error's message: the variant's (or the error's) first string field.
+        for variant, (at, body) in bodies:
+            found = _first_string(body, at)
+            if found is not None:
+                layout["messages"][variant or ""] = found
     layout["read"] = max(e["off"] + e["size"] for e in
                          (layout["poll"], layout["result"], layout["error"]) if e)
     return layout
+
+
+def _first_string(die, base: int) -> list[int] | None:
+    """[ptr offset, len offset] of the first String or &str member of a struct at `base`."""
+    die = _strip(die)
+    if die is None or die.tag != "DW_TAG_structure_type":
+        return None
+    for member in _members(die):
+        parts = _string_parts(_type(member))
+        if parts is not None:
+            at = base + _offset(member)
+            return [at + parts[0], at + parts[1]]
+    return None
 
 
 # -- the reconciled object: namespace and name, read at a future's first poll --------------

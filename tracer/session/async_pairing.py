@@ -32,7 +32,7 @@ class OpenFuture:
     cpu_ns: int = 0
     poll_start: int | None = None
     last_exit_ns: int | None = None
-    outcome: tuple | None = None  # (ok, error type) once a poll returned Ready
+    outcome: tuple | None = None  # (ok, error type, message) once a poll returned Ready
     state_known: bool = False  # the agent reads the state byte: the drop is not the end
     request: dict | None = None  # the object (namespace, name), read at the first poll
 
@@ -94,8 +94,10 @@ class AsyncPairer:
         call.cpu_ns += hit.ts - call.poll_start
         call.poll_start = None
         call.last_exit_ns = hit.ts
-        state, raw = hit.value if isinstance(hit.value, list) else (None, None)
-        ready, outcome = self._read(call.function, raw)
+        # [state after, the returned Poll's first bytes (hex), the error's message]
+        state, raw, message = (hit.value + [None] * 3)[:3] if isinstance(hit.value, list) \
+            else (None, None, None)
+        ready, outcome = self._read(call.function, raw, message)
         if outcome is not None:
             call.outcome = outcome
         if state == RETURNED or (state is None and ready):
@@ -103,7 +105,7 @@ class AsyncPairer:
             self._end(call, hit.ts)
         elif state == PANICKED:
             del self.open[future]
-            call.outcome = ("panic", None)
+            call.outcome = ("panic", None, None)
             self._end(call, hit.ts)
 
     def _drop(self, hit, future: int) -> None:
@@ -116,14 +118,16 @@ class AsyncPairer:
             self._end(call, call.last_exit_ns)
         elif call.poll_start is not None:
             # Dropped inside a poll that never returned: the poll panicked and unwound.
-            call.outcome = ("panic", None)
+            call.outcome = ("panic", None, None)
         else:
             # Dropped between polls, before it completed: cancelled (a timeout, a select).
-            call.outcome = ("cancelled", None)
+            call.outcome = ("cancelled", None, None)
             self._end(call, hit.ts)
 
-    def _read(self, function: str, raw: str | None) -> tuple[bool | None, tuple | None]:
-        """(Ready?, (ok, error type) when Ready) from the returned bytes and the layout."""
+    def _read(self, function: str, raw: str | None,
+              message: str | None) -> tuple[bool | None, tuple | None]:
+        """(Ready?, (ok, error type, message) when Ready) from the returned bytes and the
+        layout."""
         layout = self.results.get(function)
         if layout is None or raw is None:
             return None, None
@@ -132,13 +136,13 @@ class AsyncPairer:
             return False, None
         variant = _variant(layout["result"], data)
         if variant == "Ok":
-            return True, (True, None)
+            return True, (True, None, None)
         error = layout["error_type"] or "Err"
         if layout["error"] is not None:
             name = _variant(layout["error"], data)
             if name:
                 error = f"{error}::{name}"
-        return True, (False, error)
+        return True, (False, error, message)
 
     def _end(self, call: OpenFuture, end_ns: int | None) -> None:
         flight = self.pairer.in_flight
@@ -173,11 +177,11 @@ class AsyncPairer:
         if end_ns is None:
             status = "unfinished"
         elif call.outcome is not None:
-            ok, error = call.outcome
+            ok, error, message = call.outcome
             if ok is True:
                 span["result"] = {"ok": True}
             elif ok is False:
-                span["error"] = {"type": error, "message": None}
+                span["error"] = {"type": error, "message": message}
                 status = "error"
             else:
                 status = ok  # "panic" or "cancelled"

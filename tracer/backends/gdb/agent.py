@@ -89,6 +89,7 @@ class Agent:
         self.current_future: int | None = None
         self.current_function = ""
         self.rust_requests: dict[str, dict] = plan.get("rust_requests") or {}
+        self.rust_results: dict[str, dict] = plan.get("rust_results") or {}
         os.set_blocking(self.fd, False)
         self.ptrace: PtraceRegisters | None = None
         self.mem_fd: int | None = None
@@ -335,7 +336,30 @@ class Agent:
             else:
                 raw = (int(reg("rax")).to_bytes(8, "little")
                        + int(reg("rdx")).to_bytes(8, "little"))[:nbytes]
-        return [state, None if raw is None else raw.hex()]
+        message = None
+        layout = self.rust_results.get(self.current_function)
+        if raw is not None and mode == "m" and layout and layout.get("messages") \
+                and self.capture_args:
+            message = self.rust_error_message(layout, raw, int(reg("rax")))
+        return [state, None if raw is None else raw.hex(), message]
+
+    @staticmethod
+    def rust_variant(enum: dict, data: bytes) -> str | None:
+        raw = data[enum["off"]:enum["off"] + enum["size"]]
+        if len(raw) < enum["size"]:
+            return None
+        return enum["values"].get(str(int.from_bytes(raw, "little")), enum["default"])
+
+    def rust_error_message(self, layout: dict, data: bytes, slot: int) -> str | None:
+        """A Ready(Err(e)): e's first string field, like a Go error's message."""
+        if self.rust_variant(layout["poll"], data) != layout["ready"] \
+                or self.rust_variant(layout["result"], data) != "Err":
+            return None
+        variant = self.rust_variant(layout["error"], data) if layout["error"] else ""
+        where = layout["messages"].get(variant or "")
+        if where is None:
+            return None
+        return self.string(self.u64(slot + where[0]), self.u64(slot + where[1]), MAX_MESSAGE)
 
     def rust_string(self, addr: int, steps: list) -> str | None:
         """Follow a request_layout path from the future to a string (None: an Option that
