@@ -34,7 +34,16 @@ from tracer.binary.disasm import iter_instructions, native_entry, return_address
 from tracer.binary.model import BinaryInfo, Function
 from tracer.binary.vtables import vtable_methods
 from tracer.errors import UserError
-from tracer.probes.plan import DROP, KEY_FUTURE, POLL, POLL_EXIT, SPAN_RECONCILE, SPAN_STEP, Plan
+from tracer.probes.plan import (
+    DROP,
+    KEY_FUTURE,
+    POLL,
+    POLL_EXIT,
+    SPAN_RECONCILE,
+    SPAN_STEP,
+    Plan,
+    Point,
+)
 from tracer.probes.spec import ROLE_END, ROLE_STEP, FunctionSpec
 
 CLOSURE = "::{{closure}}"
@@ -168,9 +177,7 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
     return list(dict.fromkeys(names))
 
 
-def _point(addr: int, name: str, role: str, decode: str | None, span: str):
-    from tracer.probes.plan import Point
-
+def _point(addr: int, name: str, role: str, decode: str | None, span: str) -> Point:
     return Point(addr, name, role, KEY_FUTURE, decode, span)
 
 
