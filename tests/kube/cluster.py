@@ -30,7 +30,8 @@ from kubernetes import client, config
 
 KUBE_VERSION = "1.20.2"
 CACHE = Path(os.environ.get("TRACER_CACHE", Path.home() / ".cache" / "tracer"))
-APISERVER = CACHE / f"kube-apiserver-{KUBE_VERSION}" / "kube-apiserver"
+# -r2: built with reflect2 1.0.2 (scripts/build-kube-apiserver says why).
+APISERVER = CACHE / f"kube-apiserver-{KUBE_VERSION}-r2" / "kube-apiserver"
 
 ADMIN_USER = "tracer-admin"
 DENIED_USER = "nobody-special"

@@ -11,6 +11,7 @@ import statistics
 import time
 
 from helpers import read_lines, run_tracer, wait_for_header, wait_until
+from kubernetes import client
 
 NAMESPACE = "watched"
 
@@ -81,3 +82,53 @@ def test_changes_during_a_run_are_events_tied_to_their_reconciles(kube_cluster, 
     # began the change: the two measures differ by about the API call and the delivery.
     assert abs(latency["mean"] - statistics.mean(measured)) <= api_call + 0.02, \
         (latency, measured, api_call)
+
+
+def test_by_default_the_kind_the_reconciler_is_named_after(kube_cluster, kube, tracer_cmd,
+                                                           tmp_path):
+    """(*SampleReconciler).Reconcile reconciles Samples: with a Sample CRD served, it is
+    watched without being named."""
+    ext = client.ApiextensionsV1Api(kube_cluster.api_client)
+    crd = "samples.example.com"
+    try:
+        ext.create_custom_resource_definition({
+            "metadata": {"name": crd},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                     "names": {"plural": "samples", "singular": "sample", "kind": "Sample"},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                         "openAPIV3Schema": {"type": "object",
+                                             "x-kubernetes-preserve-unknown-fields": True}}}]}})
+    except client.exceptions.ApiException as exc:
+        if exc.status != 409:
+            raise
+
+    def established():
+        got = ext.read_custom_resource_definition(crd)
+        return any(c.type == "Established" and c.status == "True"
+                   for c in got.status.conditions or [])
+
+    wait_until(established, 30, "the CRD to be served")
+    pod = kube.pod("op-default-watch", args=["-calls", "1", "-linger"])
+    trace = tmp_path / "default.jsonl"
+    run = tracer_cmd("attach", pod.name, "-q", "-o", str(trace),
+                     "--kubeconfig", str(kube_cluster.kubeconfig))
+    wait_for_header(trace, run)
+    # A client of its own: the shared one's pooled connection may have been closed by the
+    # server since the CRD went in.
+    custom = client.CustomObjectsApi(kube_cluster.client_for(kube_cluster.kubeconfig))
+    # The tracer lists before it writes its header's first event: wait for its watch to run.
+    time.sleep(1)
+    custom.create_namespaced_custom_object("example.com", "v1", "default", "samples", {
+        "apiVersion": "example.com/v1", "kind": "Sample", "metadata": {"name": "s-1"}})
+    try:
+        wait_until(lambda: any(r["type"] == "event" for r in read_lines(trace)), 20,
+                   "the Sample's event")
+    finally:
+        custom.delete_namespaced_custom_object("example.com", "v1", "default", "samples",
+                                               "s-1")
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    [event] = [r for r in read_lines(trace) if r["type"] == "event" and r["event"] == "ADDED"]
+    assert event["kind"] == "Sample" and event["name"] == "s-1"
+    assert event["generation"] == 1  # custom resources have one
+    assert "watch event(s) of samples.example.com" in run.stderr()

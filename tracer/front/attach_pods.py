@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 
-from tracer.front.display import Display, Screen, receiver_screen
+from tracer.front.display import Display, Screen, header_clock, receiver_screen
 from tracer.kube.session import KubeTargets
 
 
@@ -49,14 +49,8 @@ def _run_with_watch(display: Display, run, screen: Screen, watcher):
 
 
 def _multi_screen(run) -> Screen:
-    def since() -> int | None:
-        return run.header["clock"]["monotonic_ns"] if run.header else None
-
-    def offset() -> int:
-        clock = run.header["clock"] if run.header else None
-        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
-
-    return Screen(run.screen_header, run.in_flight, run.cost, since, offset)
+    return Screen(run.screen_header, run.in_flight, run.cost,
+                  *header_clock(lambda: run.header))
 
 
 def trace_local_pods(kube: KubeTargets, output: str, duration: float | None, quiet: bool,

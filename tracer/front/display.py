@@ -44,6 +44,22 @@ def header_line(header: dict | None, fallback: str = "attaching...") -> tuple[st
     return target, binary
 
 
+def header_clock(header: Callable[[], dict | None]
+                 ) -> tuple[Callable[[], int | None], Callable[[], int]]:
+    """(since, offset) for a screen, from a run's header once it is written: the run's
+    start on the clock of its spans, and realtime - monotonic of that clock."""
+
+    def since() -> int | None:
+        h = header()
+        return h["clock"]["monotonic_ns"] if h else None
+
+    def offset() -> int:
+        h = header()
+        return h["clock"]["realtime_ns"] - h["clock"]["monotonic_ns"] if h else 0
+
+    return since, offset
+
+
 def session_screen(session) -> Screen:
     def header() -> Header:
         target, binary = header_line(session.header)
@@ -54,14 +70,8 @@ def session_screen(session) -> Screen:
         return Cost(session.pairer.stats.hits, session.handler_ns,
                     writer.lines if writer else 0, writer.bytes if writer else 0)
 
-    def since() -> int | None:
-        return session.header["clock"]["monotonic_ns"] if session.header else None
-
-    def offset() -> int:
-        clock = session.header["clock"] if session.header else None
-        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
-
-    return Screen(header, lambda: session.pairer.in_flight, cost, since, offset)
+    return Screen(header, lambda: session.pairer.in_flight, cost,
+                  *header_clock(lambda: session.header))
 
 
 def receiver_screen(receiver) -> Screen:
@@ -79,15 +89,8 @@ def receiver_screen(receiver) -> Screen:
         return Cost(stats.get("hits", 0), stats.get("handler_ns", 0),
                     writer.lines if writer else 0, writer.bytes if writer else 0)
 
-    def since() -> int | None:
-        return receiver.header["clock"]["monotonic_ns"] if receiver.header else None
-
-    def offset() -> int:
-        clock = receiver.header["clock"] if receiver.header else None
-        return clock["realtime_ns"] - clock["monotonic_ns"] if clock else 0
-
-    return Screen(header, lambda: receiver.stats.get("in_flight", {}), cost, since, offset,
-                  now=receiver.agent_now)
+    return Screen(header, lambda: receiver.stats.get("in_flight", {}), cost,
+                  *header_clock(lambda: receiver.header), now=receiver.agent_now)
 
 
 def run_live(run, screen: Screen):
