@@ -130,3 +130,20 @@ def test_probe_and_symbol_together_are_refused():
     result = run_tracer("run", "--probe", "controller-runtime", "--symbol", "Reconcile$", "--",
                         str(sample("go1.27/sample-operator")))
     assert result.returncode == 2 and "--probe or --symbol, not both" in result.stderr
+
+
+def test_check_says_when_the_go_version_has_no_known_goroutine_layout(tmp_path):
+    """A stripped Go binary (no DWARF) of a Go version the tracer has no table entry for:
+    the sample with its version string patched from go1.27 to go1.29."""
+    data = sample("go1.27/sample-operator-stripped").read_bytes()
+    assert data.count(b"go1.27.3") >= 1
+    future = tmp_path / "future-operator"
+    future.write_bytes(data.replace(b"go1.27.3", b"go1.29.3"))
+    future.chmod(0o755)
+    result = run_tracer("probes", "check", str(future))
+    lines = result.stdout.splitlines()
+    assert "go1.29.3" in lines[0] and "goroutine layout unknown" in lines[0]
+    assert any(line.startswith("* controller-runtime ") for line in lines)
+    assert "    missing: goroutine layout: go1.29.3 is not in the tracer's table" in result.stdout
+    traced = run_tracer("run", "--", str(future))
+    assert traced.returncode == 2 and "goroutine layout" in traced.stderr
