@@ -111,11 +111,7 @@ def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
     for fn, name in named:
         if not name.startswith(DROP_PREFIX):
             continue
-        # The body's own future, or one that holds it (GenFuture, an Instrumented-like
-        # wrapper): a type path in the dropped type's arguments names the body.
-        inner = next((path for path in re.split(r"[<>,\s]+", name[len(DROP_PREFIX):-1])
-                      if rx.search(path) and not (spec.exclude and spec.exclude.search(path))),
-                     None)
+        inner = _body_in(name, rx, spec)
         if inner is None:
             continue
         for poll in vtable_methods(info, fn.entry, 3):
@@ -124,6 +120,13 @@ def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
                     and demangled(found.name).endswith(FUTURE_POLL):
                 out.append((found, inner, (fn, name)))
     return out
+
+
+def _body_in(drop_name: str, rx: re.Pattern[str], spec: FunctionSpec) -> str | None:
+    """The async body a drop is for: the body's own future, or one that holds it (GenFuture,
+    an Instrumented-like wrapper), so a type path in the dropped type's arguments names it."""
+    return next((path for path in re.split(r"[<>,\s]+", drop_name[len(DROP_PREFIX):-1])
+                 if rx.search(path) and not (spec.exclude and spec.exclude.search(path))), None)
 
 
 def async_fn_name(poll_name: str) -> str:
@@ -151,6 +154,10 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
     names = []
     for fn, poll_name, drop in polls:
         name = async_fn_name(poll_name)
+        if spec.poll is not None and drop is not None:
+            # An outer future's poll named in the probe: its spans are the body's, which the
+            # drop's type names (`match`).
+            name = async_fn_name(_body_in(drop[1], spec.match, spec) or poll_name)
         layout = FutureLayout.of(info, fn)
         state = "-:-" if layout.state_offset is None else \
             f"{layout.state_offset}:{layout.state_size}"
