@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import run_tracer
+from helpers import read_lines, run_tracer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from probe_support import reconciles, step_name, trace_sample
 
@@ -104,3 +104,48 @@ def test_timestamps_export_has_reconcile_starts_only(percona_trace, tmp_path):
                         "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == len(truth)
+
+
+def test_live_screen_shows_where_the_time_goes(operator, tmp_path):
+    """`tracer attach` on a terminal (tmux): the steps table under the functions, with the
+    true number of calls of each step once the run is done."""
+    import shlex
+    import sys
+
+    from helpers import ROOT, wait_for_header, wait_until
+    from test_live_view import Tmux, row_numbers
+
+    op = operator("go1.27/psmdb-operator", "-calls", "120", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    command = " ".join(shlex.quote(a) for a in [
+        sys.executable, "-m", "tracer", "attach", str(op.pid), "-o", str(trace)])
+    pane = Tmux(tmp_path, 100, 40, f"cd {shlex.quote(str(ROOT))} && {command}; sleep 600")
+    try:
+        wait_for_header(trace)
+        op.start_work()
+        wait_until(op.done, 120, "the sample to finish its calls")
+        totals = step_totals(op.calls())
+
+        def settled():
+            """A whole frame (rich redraws in place) with every step's true count."""
+            screen = pane.screen()
+            lines = screen.splitlines()
+            try:
+                rows = {name: row_numbers(screen, ("  " if name == "reconcileStatefulSet"
+                                                    else "") + name) for name in totals}
+                steps_at = next(i for i, line in enumerate(lines) if line.startswith("step "))
+                function_at = next(i for i, line in enumerate(lines)
+                                   if line.startswith("(*Reconcile"))
+            except (AssertionError, StopIteration):
+                return None
+            if function_at < steps_at and all(
+                    int(rows[n][0]) == c for n, (c, _) in totals.items()):
+                return screen
+            return None
+
+        screen = wait_until(settled, 30, "the steps table to show every step call")
+        assert "probe percona-server-mongodb" in screen
+        pane.keys("q")
+        wait_until(lambda: read_lines(trace)[-1]["type"] == "end", 30, "the tracer to leave")
+    finally:
+        pane.end()
