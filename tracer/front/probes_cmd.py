@@ -128,7 +128,7 @@ def check(target: str, only: str | None) -> None:
             from tracer.probes import rust_async
 
             names = (rust_async.matching_functions(info, spec) if spec.kind == KIND_RUST_ASYNC
-                     else [f.name for f in info.functions if spec.matches(f.name)])
+                     else [f.name for f in library.call_matches(info, spec)])
             names = list(dict.fromkeys(names))
             if not names:
                 click.echo(f"    {spec.role:<9} none match {spec.match.pattern}")

@@ -63,8 +63,8 @@ def _from_probe(info: BinaryInfo, probe: ProbeSpec) -> list[tuple[Function, Func
     for fs in probe.functions:
         if fs.kind != spec.KIND_CALL:
             continue
-        for fn in info.functions:
-            if fn.name not in seen and fs.matches(fn.name):
+        for fn in library.call_matches(info, fs):
+            if fn.name not in seen:
                 seen.add(fn.name)
                 out.append((fn, fs))
     if len(out) > MAX_FUNCTIONS:

@@ -13,9 +13,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.binary.model import BinaryInfo
+from tracer.binary.model import BinaryInfo, Function
 from tracer.errors import UserError
-from tracer.probes.spec import KIND_RUST_ASYNC, ROLE_RECONCILE, ProbeSpec, load_probe
+from tracer.probes.spec import (
+    KIND_RUST_ASYNC,
+    ROLE_RECONCILE,
+    FunctionSpec,
+    ProbeSpec,
+    load_probe,
+)
 
 ENV_PATH = "TRACER_PROBE_PATH"
 
@@ -78,6 +84,27 @@ def language_of(info: BinaryInfo) -> str:
     return "go" if info.language == "go" else "native"
 
 
+def function_names(info: BinaryInfo) -> list[tuple[Function, tuple[str, ...]]]:
+    """Each function with the names a probe's regexes are tried on: its symbol, and for Rust
+    its demangled name too (`controller::abi::wakeup`, without the hash)."""
+    cached = info.__dict__.get("_probe_names")
+    if cached is None:
+        if info.language == "rust":
+            from tracer.probes.rust_async import demangled
+
+            cached = [(fn, (fn.name, d) if (d := demangled(fn.name)) != fn.name
+                       else (fn.name,)) for fn in info.functions]
+        else:
+            cached = [(fn, (fn.name,)) for fn in info.functions]
+        info.__dict__["_probe_names"] = cached
+    return cached
+
+
+def call_matches(info: BinaryInfo, spec: FunctionSpec) -> list[Function]:
+    """The functions a call-kind table names."""
+    return [fn for fn, names in function_names(info) if any(spec.matches(n) for n in names)]
+
+
 def match(probe: ProbeSpec, info: BinaryInfo) -> Match:
     """Which of the binary's functions the probe names (no compiling)."""
     from tracer.probes import rust_async
@@ -90,7 +117,7 @@ def match(probe: ProbeSpec, info: BinaryInfo) -> Match:
         if spec.kind == KIND_RUST_ASYNC:
             names = rust_async.matching_functions(info, spec)
         else:
-            names = [f.name for f in info.functions if spec.matches(f.name)]
+            names = [f.name for f in call_matches(info, spec)]
         (reconciles if spec.role == ROLE_RECONCILE else others).extend(names)
     return Match(probe, _unique(reconciles), _unique(others))
 
