@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import signal
+import statistics
 import time
 
 import pytest
@@ -16,6 +18,7 @@ from helpers import (
     calls_per_second,
     check_fields,
     read_lines,
+    run_tracer,
     tracer_pid,
     wait_for_header,
     wait_until,
@@ -150,3 +153,32 @@ def test_no_event_lost_at_a_high_rate(operator, tracer_cmd, tmp_path):
     truth = op.calls()
     _every_call_once_fast(truth, [r for r in records if r["type"] == "span"])
     assert end["pairing"]["orphan_exits"] == 0 and end["unfinished"] == 0
+
+
+def test_cost_told_and_durations_corrected(operator, tracer_cmd, tmp_path):
+    """The header says what a hit costs (measured at attach) and how; the report gives the
+    operator's stopped time and durations with that cost taken out, closer to the operator's
+    own clock than the raw ones."""
+    op = operator("go1.27/sample-operator", "-workers", "1", "-calls", "800", "-work-us",
+                  "200", "-error-every", "7", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+    header = wait_for_header(trace, run)
+    assert header["cost_per_hit_ns"] > 0 and "bursts" in header["cost_measured"]
+    op.start_work()
+    wait_until(op.done, 120, "the operator to finish its calls")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    report = json.loads(run_tracer("report", "--json", str(trace)).stdout)
+    cost = report["tracer_cost"]
+    source = cost["sources"][0]
+    hits = read_lines(trace)[-1]["pairing"]["hits"]
+    assert source["hits"] == hits
+    assert source["stopped_s"] == pytest.approx(hits * header["cost_per_hit_ns"] / 1e9)
+    (function,) = cost["functions"]
+    truth = statistics.median(c["exit_ns"] - c["entry_ns"] for c in op.calls()) / 1e9
+    raw, corrected = function["raw"]["p50"], function["corrected"]["p50"]
+    assert corrected < raw
+    assert abs(corrected - truth) < abs(raw - truth), (raw, corrected, truth)
+    text = run_tracer("report", str(trace)).stdout
+    assert "operator stopped" in text and "corrected" in text

@@ -157,6 +157,30 @@ def _objects_table(objects: list[dict], top: int, several_functions: bool) -> Ta
     return table
 
 
+def _cost(report: dict) -> list:
+    """The tracer's own cost: the operator's stopped time, durations raw and corrected."""
+    summary = report.get("tracer_cost")
+    if not summary:
+        return []
+    lines = []
+    for s in summary["sources"]:
+        if s["cost_per_hit_s"] is None:
+            lines.append(f"{s['path']}: cost per hit not measured ({s['measured']})")
+            continue
+        lines.append(f"{s['path']} ({s['backend']}): {_n(s['hits'])} hits x "
+                     f"{s['cost_per_hit_s'] * 1e6:.1f} µs = operator stopped "
+                     f"{_t(s['stopped_s'])} ({_pct(s['stopped_share'])} of the time "
+                     f"observed); cost per hit measured {s['measured']}")
+    table = _table("Durations with the tracer's share taken out (corrected = raw - hits inside "
+                   "the call x cost per hit)", ("", "", "p50", "p90", "p99", "mean"))
+    for g in summary["functions"]:
+        for column in ("raw", "corrected"):
+            d = g[column]
+            table.add_row(short_function(g["function"]) if column == "raw" else "", column,
+                          _t(d["p50"]), _t(d["p90"]), _t(d["p99"]), _t(d["mean"]))
+    return [Text("\n".join(lines)), table]
+
+
 def _steps_tables(report: dict) -> list[Table]:
     """Per reconcile function with steps: each step's calls, time and share of its time."""
     tables = []
@@ -191,6 +215,9 @@ def render(report: dict, console: Console, top: int = 10) -> None:
         console.print()
         console.print(_durations_table(rows))
         console.print()
+        for part in _cost(report):
+            console.print(part)
+            console.print()
         for table in _steps_tables(report):
             console.print(table)
             console.print()

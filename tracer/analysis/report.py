@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import polars as pl
 
 from tracer.analysis import causes as causes_mod
+from tracer.analysis import cost as cost_mod
 from tracer.analysis import stats
 from tracer.analysis import steps as steps_mod
 from tracer.analysis.load import Loaded
@@ -131,6 +132,7 @@ def build(loaded: Loaded, *, bins: int | list[float] | None = None,
         "causes": cause_summary,
         "changes": None,
         "steps": steps_mod.summary(loaded),
+        "tracer_cost": None if loaded.starts_only else cost_mod.summary(loaded),
     }
     if changes is not None:
         report["changes"] = change_pairs(loaded, changes, changes_path or "")

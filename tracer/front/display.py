@@ -68,7 +68,8 @@ def session_screen(session) -> Screen:
     def cost() -> Cost | None:
         writer = session.writer
         return Cost(session.pairer.stats.hits, session.handler_ns,
-                    writer.lines if writer else 0, writer.bytes if writer else 0)
+                    writer.lines if writer else 0, writer.bytes if writer else 0,
+                    (session.header or {}).get("cost_per_hit_ns"))
 
     return Screen(header, lambda: session.pairer.in_flight, cost,
                   *header_clock(lambda: session.header))
@@ -87,7 +88,8 @@ def receiver_screen(receiver) -> Screen:
     def cost() -> Cost | None:
         stats, writer = receiver.stats, receiver.writer
         return Cost(stats.get("hits", 0), stats.get("handler_ns", 0),
-                    writer.lines if writer else 0, writer.bytes if writer else 0)
+                    writer.lines if writer else 0, writer.bytes if writer else 0,
+                    (receiver.header or {}).get("cost_per_hit_ns"))
 
     return Screen(header, lambda: receiver.stats.get("in_flight", {}), cost,
                   *header_clock(lambda: receiver.header), now=receiver.agent_now)

@@ -291,6 +291,8 @@ class Session:
         pause_ms = (time.monotonic() - t0) * 1000 if getattr(backend, "stops_to_attach",
                                                              True) else 0.0
         self.header = self._header(pid, round(pause_ms, 3), armed)
+        if hasattr(backend, "header_fields"):  # e.g. the cost per hit measured at attach
+            self.header.update(backend.header_fields())
         self.writer.write(self.header)
         self._flush_early()
         self._reader = threading.Thread(target=self._read_hits,

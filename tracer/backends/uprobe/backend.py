@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from tracer.backends.uprobe import ringbuf, tracefs
+from tracer.backends.uprobe import calibrate, ringbuf, tracefs
 from tracer.binary import gotypes
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
-from tracer.probes.plan import KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
+from tracer.probes.plan import ENTRY, EXIT, KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
 
 NAME_BYTES = 64  # a namespace (63 at most) in one u64[8]
 STRING_BYTES = 256  # names, keys, messages: one u64[32] each (the gdb agent keeps 1,024)
@@ -131,6 +131,7 @@ class UprobeBackend:
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self.pages_missed = 0
         self.lost: dict[str, int] | None = None
+        self.cost: tuple[int | None, str] = (None, "not measured")
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self, binary: str | None) -> None:
@@ -177,6 +178,7 @@ class UprobeBackend:
             os.makedirs(self.instance, exist_ok=True)
             tracefs.write(os.path.join(self.instance, "trace_clock"), "mono")
             tracefs.write(os.path.join(self.instance, "buffer_size_kb"), str(BUFFER_KB))
+            self._calibrate(plan, info, exe)
             tasks = " ".join(os.listdir(f"/proc/{self.pid}/task"))
             tracefs.write(os.path.join(self.instance, "options", "event-fork"), "1")
             tracefs.write(os.path.join(self.instance, "set_event_pid"), tasks)
@@ -194,6 +196,25 @@ class UprobeBackend:
         # so a call made from here on must not be missed.
         tracefs.write(os.path.join(self.instance, "events", self.group, "enable"), "1")
         return len(definitions)
+
+    def _calibrate(self, plan: Plan, info: BinaryInfo, exe: str) -> None:
+        """The cost of one hit of these probes, before the operator's are recorded."""
+        entry = next((p for p in plan.points if p.role == ENTRY), None)
+        exit_ = next((p for p in plan.points if p.role == EXIT), None)
+        if entry is None or exit_ is None:
+            self.cost = (None, "not measured: the plan has no entry and return")
+            return
+        with open(exe, "rb") as f:
+            f.seek(info.file_offset(entry.addr))
+            code = f.read(16)
+        self.cost = calibrate.measure(self.root, self.instance, self.group, code,
+                                      _fetchargs(entry, plan.go_goid_offset),
+                                      _fetchargs(exit_, plan.go_goid_offset))
+
+    def header_fields(self) -> dict:
+        """For the trace header: what a hit costs the operator, and how that was measured."""
+        ns, how = self.cost
+        return {"cost_per_hit_ns": ns, "cost_measured": how}
 
     def resume(self) -> None:
         """Nothing was stopped, and recording started when armed."""

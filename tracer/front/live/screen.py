@@ -41,6 +41,7 @@ class Cost:
     handler_ns: int
     lines: int
     bytes: int
+    per_hit_ns: int | None = None  # measured at attach (the header's cost_per_hit_ns)
 
 
 def sort_objects(objects: list[ObjectStats], mode: str) -> list[ObjectStats]:
@@ -51,6 +52,20 @@ def sort_objects(objects: list[ObjectStats], mode: str) -> list[ObjectStats]:
     if mode == "name":
         return sorted(objects, key=lambda o: o.key)
     return sorted(objects, key=lambda o: -o.last_start)
+
+
+def _corrected_p50(snap: Snapshot, per_hit_ns: int) -> str:
+    """The busiest function's p50, raw and with the tracer's share out: one hit per call
+    (half its entry's, half its return's) and two per step called inside it, on average."""
+    if not snap.functions:
+        return ""
+    name, fn = max(snap.functions.items(), key=lambda item: item[1].calls)
+    p50 = fn.percentile(0.5)
+    if p50 is None:
+        return ""
+    steps = sum(st.calls for st in snap.steps if st.parent_function == name)
+    hits = 1 + 2 * steps / max(1, fn.calls)
+    return f"; p50 {dur(p50)}, {dur(max(0, int(p50 - hits * per_hit_ns)))} corrected"
 
 
 def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height: int,
@@ -95,7 +110,13 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
                 f"{in_flight} in flight now")
 
     footer = Text(style="dim")
-    if cost is not None:
+    if cost is not None and cost.per_hit_ns:
+        stopped = cost.hits * cost.per_hit_ns
+        attached = max(1, snap.now - (snap.since or snap.now))
+        footer.append(f"cost: {cost.hits} hits x {cost.per_hit_ns / 1000:.1f}µs = "
+                      f"{dur(stopped)} stopped ({stopped / attached:.1%})"
+                      f"{_corrected_p50(snap, cost.per_hit_ns)}; {cost.bytes / 1024:.0f} KiB")
+    elif cost is not None:
         per_hit = cost.handler_ns / cost.hits if cost.hits else 0
         footer.append(f"cost: {cost.hits} hits, agent {dur(cost.handler_ns)} "
                       f"({per_hit / 1000:.0f}µs/hit); trace {cost.lines} lines "
