@@ -48,7 +48,10 @@ class LineFormatter:
     def format(self, span: dict) -> str:
         wall = dt.datetime.fromtimestamp((span["start_ns"] + self.offset) / 1e9)
         request = span.get("request")
-        if request:
+        if span.get("parent") is not None:
+            # A step finishes before its reconcile's line: indented, named by its method.
+            what = "  " * span.get("depth", 1) + span["function"].rsplit(".", 1)[-1]
+        elif request:
             what = f"{request['namespace']}/{request['name']}"
         elif span.get("args") is not None:
             what = "args " + ",".join(str(a) for a in span["args"])
