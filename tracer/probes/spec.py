@@ -11,6 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from tracer.errors import UserError
 
@@ -143,7 +144,7 @@ class _Lines:
 def _parse(path: str, text: str, data: dict) -> ProbeSpec:
     lines = _Lines(text)
 
-    def fail(message: str, key: str | None = None, index: int | None = None) -> None:
+    def fail(message: str, key: str | None = None, index: int | None = None) -> NoReturn:
         line = lines.key(key, index) if key else lines.table(index)
         raise ProbeFileError(path, line, message)
 
