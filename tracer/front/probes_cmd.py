@@ -86,16 +86,18 @@ def _facts(info: BinaryInfo) -> str:
 
 
 def _missing(probe: ProbeSpec, info: BinaryInfo) -> list[str]:
-    """What keeps a matching probe from tracing this binary."""
+    """What keeps a matching probe from tracing this binary ("missing: ..."), or what it
+    will do without ("note: ...")."""
     missing = []
     if info.language == "go" and info.go_goid_offset is None:
-        missing.append(f"goroutine layout: {info.go_version or 'this Go version'} is not in "
-                       "the tracer's table and the binary has no DWARF to tell it")
+        missing.append(f"missing: goroutine layout: {info.go_version or 'this Go version'} is "
+                       "not in the tracer's table and the binary has no DWARF to tell it")
     if info.language != "go" and not info.has_symtab:
-        missing.append("symbols: the binary is stripped and not Go, its functions have no names")
-    if any(f.kind == KIND_RUST_ASYNC for f in probe.functions) and not info.has_dwarf:
-        missing.append("DWARF: rust-async functions read the future's state from it in "
-                       "debug builds (release builds end at the drop marker)")
+        missing.append("missing: symbols: the binary is stripped and not Go, its functions "
+                       "have no names")
+    elif any(f.kind == KIND_RUST_ASYNC for f in probe.functions) and not info.has_dwarf:
+        missing.append("note: no DWARF: the future's state comes from the poll's code; its "
+                       "reconciled object and result are not decoded")
     return missing
 
 
@@ -136,6 +138,6 @@ def check(target: str, only: str | None) -> None:
                 click.echo(f"    {spec.role:<9} {name}")
         if m.reconciles or (info.language != "go" and not info.has_symtab):
             for item in _missing(probe, info):
-                click.echo(f"    missing: {item}")
+                click.echo(f"    {item}")
     if best is None:
         sys.exit(1)
