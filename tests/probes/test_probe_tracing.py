@@ -34,6 +34,7 @@ def test_percona_reconciles_with_their_steps(build, probe, reconcile, steps, ope
     assert header["probe"] == probe
     assert f"probe {probe} chosen" in stderr and "also matching: controller-runtime" in stderr
     assert header["functions"][0] == reconcile and len(header["functions"]) == 1 + steps
+    assert len(header["steps"]) == steps and header["probe_file"].endswith(f"/{probe}.toml")
     assert any(c["error"] for c in truth) and any(c["requeue_after_ns"] for c in truth)
     top = reconciles(spans)
     assert_every_call_once(truth, top)

@@ -203,6 +203,8 @@ class Session:
             "backend": self.backend_name,
             "backend_choice": self.backend_note,
             "probe": self.plan.probe,
+            "probe_file": self.plan.probe_file,
+            "steps": self.plan.steps,
             "functions": self.plan.functions,
             "breakpoints": armed,
             "capture_args": self.plan.capture_args,
