@@ -25,6 +25,7 @@ PG = ("github.com/percona/percona-postgresql-operator/percona/controller/pgclust
 @pytest.mark.parametrize(("build", "probe", "reconcile", "steps"), [
     ("go1.27/psmdb-operator", "percona-server-mongodb", PSMDB + "Reconcile", 6),
     ("go1.27/psmdb-operator-stripped", "percona-server-mongodb", PSMDB + "Reconcile", 6),
+    ("go1.19/psmdb-operator", "percona-server-mongodb", PSMDB + "Reconcile", 6),
     ("go1.27/pg-operator", "percona-postgresql", PG + "Reconcile", 4),
 ])
 def test_percona_reconciles_with_their_steps(build, probe, reconcile, steps, operator,
