@@ -129,13 +129,17 @@ def check(target: str, only: str | None) -> None:
         for spec in probe.functions:
             from tracer.probes import rust_async
 
-            names = (rust_async.matching_functions(info, spec) if spec.kind == KIND_RUST_ASYNC
-                     else [f.name for f in library.call_matches(info, spec)])
-            names = list(dict.fromkeys(names))
+            drops: list[str] = []
+            if spec.kind == KIND_RUST_ASYNC:
+                names, drops = rust_async.matching_parts(info, spec)
+            else:
+                names = list(dict.fromkeys(f.name for f in library.call_matches(info, spec)))
             if not names:
                 click.echo(f"    {spec.role:<9} none match {spec.match.pattern}")
             for name in names:
                 click.echo(f"    {spec.role:<9} {name}")
+            for name in drops:
+                click.echo(f"    {'end':<9} {name}")
         if m.reconciles or (info.language != "go" and not info.has_symtab):
             for item in _missing(probe, info):
                 click.echo(f"    {item}")

@@ -115,7 +115,8 @@ def match(probe: ProbeSpec, info: BinaryInfo) -> Match:
         return Match(probe, reconciles, others)
     for spec in probe.functions:
         if spec.kind == KIND_RUST_ASYNC:
-            names = rust_async.matching_functions(info, spec)
+            names, drops = rust_async.matching_parts(info, spec)
+            others.extend(drops)  # the end markers of the polls' futures
         else:
             names = [f.name for f in call_matches(info, spec)]
         (reconciles if spec.role == ROLE_RECONCILE else others).extend(names)

@@ -68,16 +68,17 @@ def _names(info: BinaryInfo) -> list[tuple[Function, str]]:
     return [(fn, demangled(fn.name)) for fn in info.functions]
 
 
-def matching_functions(info: BinaryInfo, spec: FunctionSpec) -> list[str]:
-    """Names `tracer probes check` reports: the poll functions and the drop markers."""
+def matching_parts(info: BinaryInfo, spec: FunctionSpec) -> tuple[list[str], list[str]]:
+    """What `tracer probes check` reports: the poll functions (the reconciles) and the drop
+    markers that end them."""
     named = _names(info)
     polls = [(fn, name, _drop_for(named, spec, name)) for fn, name in _polls(named, spec)]
     if not polls and spec.poll is None:
         polls = [(fn, demangled(fn.name), drop)
                  for fn, _inner, drop in _inlined_polls(info, named, spec)]
     names = [name for _fn, name, _drop in polls]
-    names += [drop[1] for _fn, _name, drop in polls if drop is not None]
-    return list(dict.fromkeys(names))
+    drops = [drop[1] for _fn, _name, drop in polls if drop is not None]
+    return list(dict.fromkeys(names)), list(dict.fromkeys(drops))
 
 
 def _polls(named: list[tuple[Function, str]], spec: FunctionSpec) -> list[tuple[Function, str]]:
