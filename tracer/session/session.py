@@ -276,6 +276,8 @@ class Session:
             pid = self.target.pid
             assert pid is not None
             backend.start(self.info.path)
+            if hasattr(backend, "prepare"):  # symbol reading done before anything stops
+                backend.prepare(self.plan, pid, load_bias(pid, self.info.path, self.info.pie))
             t0 = time.monotonic()
             backend.attach(pid)
         bias = load_bias(pid, self.info.path, self.info.pie)

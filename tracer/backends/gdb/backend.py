@@ -105,6 +105,27 @@ class GdbBackend:
             self.mi.send("-file-exec-and-symbols " + mi_quote(binary), timeout=300)
         self.mi.console("source " + str(AGENT))
 
+    def prepare(self, plan: Plan, pid: int, bias: int) -> None:
+        """Before the attach, have gdb read the symbol tables it would otherwise read with
+        the operator stopped: those of the breakpoints' addresses (arming) and of where each
+        thread sits now (the frames gdb reports as the threads stop). On a 100 MB Go binary
+        that was 0.6 s of the attach pause."""
+        assert self.mi is not None
+        addresses = {p.addr for p in plan.points}
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/syscall") as f:
+                    fields = f.read().split()
+            except OSError:
+                continue
+            if len(fields) == 9:  # in a system call: number, six arguments, sp, pc
+                addresses.add(int(fields[8], 16) - bias)
+        for addr in sorted(addresses):
+            try:
+                self.mi.console(f"info line *0x{addr:x}", timeout=300)
+            except MIError:
+                pass  # an address gdb has no line for: nothing to read ahead
+
     def attach(self, pid: int) -> None:
         assert self.mi is not None
         try:
