@@ -155,14 +155,16 @@ def test_no_event_lost_at_a_high_rate(operator, tracer_cmd, tmp_path):
     assert end["pairing"]["orphan_exits"] == 0 and end["unfinished"] == 0
 
 
-def test_cost_told_and_durations_corrected(operator, tracer_cmd, tmp_path):
+@pytest.mark.parametrize("backend", ["uprobe", "gdb"])
+def test_cost_told_and_durations_corrected(backend, operator, tracer_cmd, tmp_path):
     """The header says what a hit costs (measured at attach) and how; the report gives the
     operator's stopped time and durations with that cost taken out, closer to the operator's
     own clock than the raw ones."""
     op = operator("go1.27/sample-operator", "-workers", "1", "-calls", "800", "-work-us",
                   "200", "-error-every", "7", "-linger")
     trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+    run = tracer_cmd("attach", str(op.pid), "--backend", backend, "-o", str(trace), "-q",
+                     "--max-stopped", "off")
     header = wait_for_header(trace, run)
     assert header["cost_per_hit_ns"] > 0 and "bursts" in header["cost_measured"]
     op.start_work()

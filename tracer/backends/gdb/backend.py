@@ -13,9 +13,11 @@ from pathlib import Path
 
 import psutil
 
+from tracer.backends.gdb import calibrate
 from tracer.backends.gdb.mi import MIConnection, MIError, mi_quote
 from tracer.errors import UserError
-from tracer.probes.plan import Plan
+from tracer.probes.plan import ENTRY, Plan
+from tracer.targets.process import file_bytes
 
 AGENT = Path(__file__).with_name("agent.py")
 
@@ -87,9 +89,12 @@ class GdbBackend:
         self.exec_seen: dict | None = None
         self._plan_file: str | None = None
         self._marker = 0
+        self.binary: str | None = None
+        self.cost: tuple[int | None, str] = (None, "not measured (tracer run)")
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self, binary: str | None) -> None:
+        self.binary = binary
         self.mi = MIConnection(self.gdb_path, pass_fds=(self._hits_w,))
         # Only gdb holds the write end now: when gdb dies the reader sees EOF.
         os.close(self._hits_w)
@@ -111,6 +116,7 @@ class GdbBackend:
         thread sits now (the frames gdb reports as the threads stop). On a 100 MB Go binary
         that was 0.6 s of the attach pause."""
         assert self.mi is not None
+        self._calibrate(plan)
         addresses = {p.addr for p in plan.points}
         for task in os.listdir(f"/proc/{pid}/task"):
             try:
@@ -125,6 +131,22 @@ class GdbBackend:
                 self.mi.console(f"info line *0x{addr:x}", timeout=300)
             except MIError:
                 pass  # an address gdb has no line for: nothing to read ahead
+
+    def _calibrate(self, plan: Plan) -> None:
+        """The cost of one hit, measured on a process of the tracer's (gdb/calibrate.py)."""
+        entry = next((p for p in plan.points if p.role == ENTRY), None)
+        if entry is None or not self.binary:
+            return
+        try:
+            code = file_bytes(self.binary, entry.addr, 16)
+        except (OSError, ValueError):
+            return
+        self.cost = calibrate.measure(plan, code)
+
+    def header_fields(self) -> dict:
+        """For the trace header: what a hit costs the operator, and how that was measured."""
+        ns, how = self.cost
+        return {"cost_per_hit_ns": ns, "cost_measured": how}
 
     def attach(self, pid: int) -> None:
         assert self.mi is not None

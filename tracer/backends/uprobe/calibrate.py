@@ -1,108 +1,46 @@
 """What one uprobe hit costs, measured at attach on this machine with this run's probes.
 
-The operator cannot be asked to call its function on demand, so the tracer calls a function
-of its own: a few instructions on a private executable page (a file on /dev/shm, so no other
-process maps it) that load the registers the plan's probes read with pointers to a buffer
-(so every fetch reads real memory), run the operator's own entry instruction (`push rbp`,
-`sub rsp, N`), clear the error registers (a nil error, the common return) and RET. Two uprobes
-with the plan's own entry and return fetch-args go on that instruction and on the RET,
-recording into the run's private instance. Bursts of calls with and without them; the
-difference per hit is the cost. Minimum of several bursts: interruptions only add time.
+Two uprobes with the plan's own entry and return fetch-args go on the calibration function
+(tracer/backends/calibration.py) in the tracer's own process, recording into the run's
+private instance: bursts of calls with and without them, the difference per hit is the cost.
+Fastest of several bursts: interruptions only add time.
 """
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
-import tempfile
 import time
 
+from tracer.backends import calibration
 from tracer.backends.uprobe import tracefs
 
 BURSTS = 5
-CALLS = 200  # per burst: 2 hits a call, about 2 ms of probes a burst on this VM
-
-PROLOGUE = bytes.fromhex(
-    "4156"          # push r14          (callee-saved: restored below)
-    "53"            # push rbx
-    "4989fe"        # mov r14, rdi      the goroutine's g (goid at +off)
-    "4989f8"        # mov r8, rdi       a string pointer (the name)
-    "4889fb"        # mov rbx, rdi
-    "4889f8"        # mov rax, rdi
-    "be10000000"    # mov esi, 16       string lengths
-    "41b910000000"  # mov r9d, 16
-    "b910000000"    # mov ecx, 16
-)
-EPILOGUE = bytes.fromhex(
-    "31c9"          # xor ecx, ecx      nil error: itab 0
-    "31ff"          # xor edi, edi      and data 0 (its message fetch faults, as in the operator)
-    "5b"            # pop rbx
-    "415e"          # pop r14
-    "31c0"          # xor eax, eax
-)
-RET = b"\xc3"
-
-
-def entry_instruction(code: bytes) -> tuple[bytes, bytes]:
-    """The operator's entry instruction and its undo, when it is one this page can run
-    safely (what Go puts after the stack check); else `push rbp`."""
-    if code[:1] == b"\x55":
-        return b"\x55", b"\x5d"  # push rbp / pop rbp
-    if code[:3] == b"\x48\x83\xec":
-        return code[:4], b"\x48\x83\xc4" + code[3:4]  # sub/add rsp, imm8
-    if code[:3] == b"\x48\x81\xec":
-        return code[:7], b"\x48\x81\xc4" + code[3:7]  # sub/add rsp, imm32
-    return b"\x55", b"\x5d"
+CALLS = 200  # per burst: 2 hits a call, a few ms of probes a burst
 
 
 def measure(root: str, instance: str, group: str, entry_code: bytes, entry_args: str,
             exit_args: str) -> tuple[int | None, str]:
     """(ns per hit, how it was measured). The probes are in the run's group (so any way out
     removes them) and gone when this returns."""
-    do, undo = entry_instruction(entry_code)
-    code = PROLOGUE + do
-    entry_offset = len(PROLOGUE)
-    code += undo + EPILOGUE
-    ret_offset = len(code)
-    code += RET
+    data, entry, ret = calibration.page(entry_code)
     names = [f"{group}/cal_entry", f"{group}/cal_ret"]
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    address = fd = path = None
+    mapped = calibration.MappedPage(data)
     try:
-        # A folder mounted noexec refuses the mapping: the next one may not.
-        for folder in ("/dev/shm", tempfile.gettempdir()):
-            fd, path = tempfile.mkstemp(prefix="tracer-calibrate-", dir=folder)
-            os.write(fd, code.ljust(mmap.PAGESIZE, b"\xcc"))
-            address = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_EXEC,
-                                mmap.MAP_PRIVATE, fd, 0)
-            if address not in (None, ctypes.c_void_p(-1).value):
-                break
-            address = None
-            os.close(fd)
-            os.unlink(path)
-            fd = path = None
-        if address is None:
+        if mapped.address is None:
             return None, "not measured: no folder allows an executable calibration page"
         events = os.path.join(root, "uprobe_events")
-        tracefs.write(events, f"p:{names[0]} {path}:0x{entry_offset:x} {entry_args}\n",
+        tracefs.write(events, f"p:{names[0]} {mapped.path}:0x{entry:x} {entry_args}\n",
                       append=True)
-        tracefs.write(events, f"p:{names[1]} {path}:0x{ret_offset:x} {exit_args}\n",
+        tracefs.write(events, f"p:{names[1]} {mapped.path}:0x{ret:x} {exit_args}\n",
                       append=True)
-        call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p)(address)
-        buffer = ctypes.create_string_buffer(b"calibration-name" * 64)
-        pointer = ctypes.addressof(buffer)
+        call = mapped.function(0)
         tracefs.write(os.path.join(instance, "set_event_pid"), str(os.getpid()))
         enables = [os.path.join(instance, "events", name, "enable") for name in names]
 
         def burst() -> int:
             t0 = time.perf_counter_ns()
             for _ in range(CALLS):
-                call(pointer)
+                call()
             return time.perf_counter_ns() - t0
 
         bare, probed = [], []
@@ -124,16 +62,12 @@ def measure(root: str, instance: str, group: str, entry_code: bytes, entry_args:
     except OSError as exc:
         return None, f"not measured: {exc.strerror or exc}"
     finally:
-        if address is not None:
-            libc.munmap(address, mmap.PAGESIZE)
         for name in names:
             try:
                 tracefs.write(os.path.join(root, "uprobe_events"), f"-:{name}\n", append=True)
             except OSError:
                 pass
-        if fd is not None:
-            os.close(fd)
-            os.unlink(path)
+        mapped.close()
         try:
             tracefs.write(os.path.join(instance, "trace"), "")  # the calibration's records
         except OSError:

@@ -1,0 +1,100 @@
+"""What one gdb hit costs, measured before the attach with this run's agent and decoders.
+
+A child process of the tracer maps the calibration function (tracer/backends/calibration.py)
+and waits; a second gdb, set up like the run's (non-stop, the agent), attaches to it and arms
+the plan's own entry and return points (same decoders) on the function's probed copy. The
+child then times bursts of calls to the probed and the unprobed copy; the difference per hit
+is what a hit costs: the ptrace stops, gdb, the agent's handler, the step over the
+breakpoint. The operator is not touched while this runs.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tracer.backends import calibration
+from tracer.probes.plan import ENTRY, EXIT, Plan
+
+BURSTS = 5
+CALLS = 100  # per burst: 2 hits a call, about 40 ms a burst with gdb
+ROOT = Path(__file__).resolve().parents[3]
+
+CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from tracer.backends import calibration
+calls, bursts = int(sys.argv[3]), int(sys.argv[4])
+mapped = calibration.MappedPage(bytes.fromhex(sys.argv[2]))
+print(mapped.address or 0, flush=True)
+sys.stdin.readline()
+probed, bare = mapped.function(0), mapped.function(calibration.COPY)
+def burst(f):
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        f()
+    return time.perf_counter_ns() - t0
+out = {"bare": [], "probed": []}
+for _ in range(bursts):
+    out["bare"].append(burst(bare))
+    out["probed"].append(burst(probed))
+print(json.dumps(out), flush=True)
+sys.stdin.readline()
+mapped.close()
+"""
+
+
+def _line(stream, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise TimeoutError("the calibration process did not answer")
+    return stream.readline()
+
+
+def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
+    """(ns per hit, how it was measured)."""
+    from tracer.backends.gdb.backend import GdbBackend
+
+    entry = next((p for p in plan.points if p.role == ENTRY), None)
+    exit_ = next((p for p in plan.points if p.role == EXIT), None)
+    if entry is None or exit_ is None:
+        return None, "not measured: the plan has no entry and return"
+    data, entry_offset, ret_offset = calibration.page(entry_code)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(ROOT), data.hex(), str(CALLS), str(BURSTS)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    backend = GdbBackend()
+    try:
+        address = int(_line(child.stdout, 30))
+        if not address:
+            return None, "not measured: no folder allows an executable calibration page"
+        points = [replace(entry, addr=entry_offset), replace(exit_, addr=ret_offset)]
+        backend.start(None)
+        backend.attach(child.pid)
+        backend.arm(replace(plan, points=points, go_types_base=None), address)
+        backend.resume()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        times = json.loads(_line(child.stdout, 60))
+        backend.stop_target()
+        backend.detach()
+        cost = max(0, (min(times["probed"]) - min(times["bare"])) // (CALLS * 2))
+        return cost, (f"before the attach: {BURSTS} bursts of {CALLS} calls through this "
+                      "run's entry and return breakpoints (same gdb settings, agent and "
+                      "decoders) on a private code page in a calibration process (the "
+                      "operator's entry instruction, a RET, a nil error), fastest burst with "
+                      "the breakpoints minus fastest without, per hit")
+    except Exception as exc:  # noqa: BLE001 - a failed calibration is said, never fatal
+        return None, f"not measured: {exc}"
+    finally:
+        try:
+            backend.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if child.poll() is None:
+            child.kill()
+        child.wait()
