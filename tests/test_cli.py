@@ -31,6 +31,15 @@ def test_symbols_of_a_stripped_binary_marks_the_reconcile(tmp_path):
     assert nm_functions(sample("go1.19/sample-operator"))[RECONCILE] == address
 
 
+def test_symbols_of_a_rust_binary_are_demangled_and_marked():
+    result = run_tracer("symbols", str(sample("rust/rust-operator-release")), "reconcile")
+    assert result.returncode == 0, result.stderr
+    rows = {line[0]: line.split(None, 3)[-1] for line in result.stdout.splitlines()[1:]}
+    assert rows["*"] == "rust_operator::reconcile::{{closure}}"  # the future's poll
+    assert rows["+"] == "core::ptr::drop_in_place<rust_operator::reconcile::{{closure}}>"
+    assert "probe kube-rs" in result.stdout.splitlines()[0]
+
+
 def test_symbols_of_a_process(operator):
     op = operator("go1.27/sample-operator", "-linger")
     result = run_tracer("symbols", str(op.pid), r"\.Reconcile$")

@@ -310,9 +310,14 @@ def symbols(target: str, regex: str | None) -> None:
     reconciles = set(best.reconciles) if best else set()
     others = set(best.others) if best else set()
     click.echo(f"# {info.path}: {', '.join(facts)}; {len(functions)} function(s)")
+    demangle = None
+    if info.language == "rust":
+        # As Rust writes them (and as rust-async probes match them), not mangled.
+        from tracer.probes.rust_async import demangled as demangle
     for fn in functions:
-        mark = "*" if fn.name in reconciles else "+" if fn.name in others else " "
-        click.echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {fn.name}")
+        name = demangle(fn.name) if demangle else fn.name
+        mark = "*" if {fn.name, name} & reconciles else "+" if {fn.name, name} & others else " "
+        click.echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {name}")
 
 
 def _register_commands() -> None:
