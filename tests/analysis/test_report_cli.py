@@ -59,7 +59,8 @@ def test_text_report_has_every_section(tmp_path):
 def test_json_keys_are_stable(tmp_path):
     report = report_json(str(small_trace(tmp_path)))
     assert list(report) == ["report_version", "input", "sources", "window", "total",
-                            "functions", "objects", "causes", "changes", "steps"]
+                            "functions", "objects", "causes", "changes", "steps",
+                            "tracer_cost"]
     group_keys = ["calls", "finished", "unfinished", "rate_per_s", "duration_s", "interval_s",
                   "idle", "peak_concurrency", "errors", "panics", "requeues", "causes"]
     assert list(report["total"]) == group_keys

@@ -20,6 +20,10 @@ JSON keys (stable; times in seconds, shares in 0..1, null where the input cannot
     changes: file, pairs, latency_s (as above)                (--changes only)
     steps[]: where each reconcile function's time goes, from its child spans (probe role
             "step"): see tracer.analysis.steps.summary          (null without steps)
+    tracer_cost: the tracer's own cost, when a header says what a hit cost:
+            sources[]: path, backend, cost_per_hit_s, measured, hits, stopped_s, stopped_share
+            functions[]: function, calls, raw and corrected: p50, p90, p99, mean
+            (see tracer.analysis.cost)                        (null without a measured cost)
 """
 
 from __future__ import annotations
