@@ -184,3 +184,25 @@ def test_cost_told_and_durations_corrected(backend, operator, tracer_cmd, tmp_pa
     assert abs(corrected - truth) < abs(raw - truth), (raw, corrected, truth)
     text = run_tracer("report", str(trace)).stdout
     assert "operator stopped" in text and "corrected" in text
+
+
+def test_lost_events_are_never_silent(operator, tracer_cmd, tmp_path, monkeypatch):
+    """A buffer far too small for the rate: the kernel's own counts of what it could not keep
+    are in the end line and said on stderr, and the trace holds fewer calls than were made."""
+    op = operator("go1.27/sample-operator", "-workers", "4", "-rate", "20000", "-calls",
+                  "20000", "-objects", "40", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("TRACER_UPROBE_BUFFER_KB", "4")
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+    wait_for_header(trace, run)
+    op.start_work()
+    wait_until(op.done, 120, "the operator to finish its calls")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    lost = records[-1]["events_lost"]
+    assert lost["overrun"] + lost["dropped"] > 0, lost
+    assert "warning: events were lost, spans may be missing" in run.stderr()
+    spans = [r for r in records if r["type"] == "span"]
+    assert len(spans) < len(op.calls())
+    assert probes_of(op.pid) == []

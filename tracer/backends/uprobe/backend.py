@@ -177,7 +177,9 @@ class UprobeBackend:
             self.instance = os.path.join(self.root, "instances", self.group)
             os.makedirs(self.instance, exist_ok=True)
             tracefs.write(os.path.join(self.instance, "trace_clock"), "mono")
-            tracefs.write(os.path.join(self.instance, "buffer_size_kb"), str(BUFFER_KB))
+            # TRACER_UPROBE_BUFFER_KB: a smaller buffer, to see losses counted (tests).
+            size = os.environ.get("TRACER_UPROBE_BUFFER_KB", str(BUFFER_KB))
+            tracefs.write(os.path.join(self.instance, "buffer_size_kb"), size)
             self._calibrate(plan, info, exe)
             tasks = " ".join(os.listdir(f"/proc/{self.pid}/task"))
             tracefs.write(os.path.join(self.instance, "options", "event-fork"), "1")
