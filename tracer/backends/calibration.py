@@ -50,10 +50,20 @@ def entry_instruction(code: bytes) -> tuple[bytes, bytes]:
     return b"\x55", b"\x5d"
 
 
-def page(entry_code: bytes) -> tuple[bytes, int, int]:
-    """(the page's bytes, entry probe offset, RET probe offset) of the probed copy."""
+def spin(iterations: int) -> bytes:
+    """mov ecx, N; dec ecx; jnz back: a call's body, so hits come apart as in a real call
+    (a debugger finishes part of a hit's work after resuming the thread: only back-to-back
+    hits would wait for it)."""
+    if iterations <= 0:
+        return b""
+    return b"\xb9" + iterations.to_bytes(4, "little") + b"\xff\xc9\x75\xfc"
+
+
+def page(entry_code: bytes, body: int = 0) -> tuple[bytes, int, int]:
+    """(the page's bytes, entry probe offset, RET probe offset) of the probed copy; `body`:
+    spin iterations between the entry and the return."""
     do, undo = entry_instruction(entry_code)
-    function = PROLOGUE + do + undo + EPILOGUE + RET
+    function = PROLOGUE + do + spin(body) + undo + EPILOGUE + RET
     entry, ret = len(PROLOGUE), len(function) - 1
     data = function.ljust(COPY, b"\xcc") + function
     return data.ljust(mmap.PAGESIZE, b"\xcc"), entry, ret

@@ -68,6 +68,38 @@ def frame_registers():
     return lambda name: int(frame.read_register(name))
 
 
+PTRACE_SETREGS = 13
+MASK64 = (1 << 64) - 1
+FLAGS_ARITH = 0x8D5  # CF PF AF ZF SF OF
+
+
+def instruction_kind(code: bytes) -> tuple | None:
+    """The instructions at Go's breakpoints that the agent can carry out itself, so gdb need
+    not step over the breakpoint (a second stop): (kind, length, operand)."""
+    if code[:1] == b"\x55":
+        return ("push_rbp", 1, 0)
+    if code[:1] == b"\xc3":
+        return ("ret", 1, 0)
+    if code[:3] == b"\x48\x83\xec":  # sub rsp, imm8 (sign-extended)
+        return ("sub_rsp", 4, int.from_bytes(code[3:4], "little", signed=True) & MASK64)
+    if code[:3] == b"\x48\x81\xec":  # sub rsp, imm32 (sign-extended)
+        return ("sub_rsp", 7, int.from_bytes(code[3:7], "little", signed=True) & MASK64)
+    return None
+
+
+def sub_flags(eflags: int, a: int, b: int) -> tuple[int, int]:
+    """(a - b, eflags) as the CPU's SUB leaves them."""
+    r = (a - b) & MASK64
+    flags = eflags & ~FLAGS_ARITH
+    flags |= 0x1 if a < b else 0  # CF
+    flags |= 0x4 if bin(r & 0xFF).count("1") % 2 == 0 else 0  # PF
+    flags |= 0x10 if (a ^ b ^ r) & 0x10 else 0  # AF
+    flags |= 0x40 if r == 0 else 0  # ZF
+    flags |= 0x80 if r >> 63 else 0  # SF
+    flags |= 0x800 if ((a ^ b) & (a ^ r)) >> 63 else 0  # OF
+    return r, flags
+
+
 class Agent:
     def __init__(self, plan: dict) -> None:
         self.fd: int = plan["out_fd"]
@@ -101,6 +133,14 @@ class Agent:
             self.mem_fd = os.open(f"/proc/{gdb.selected_inferior().pid}/mem", os.O_RDONLY)
         except OSError:
             self.mem_fd = None
+        # One stop per hit: the agent carries out the instruction under the breakpoint
+        # (registers and stack through ptrace and /proc/PID/mem) and flushes gdb's register
+        # cache, so gdb resumes past it instead of stepping over the breakpoint.
+        self.one_stop = plan.get("one_stop", False) and self.ptrace is not None
+        self.kinds: list[tuple | None] = []
+        self.fresh_lwp: int | None = None  # registers read by this hit, for that thread
+        self.mem_rw: int | None = None
+        self.emulated = 0
 
     # -- output ---------------------------------------------------------------------------
     def emit(self, line: str, must: bool = False) -> None:
@@ -137,9 +177,49 @@ class Agent:
 
     # -- arming -----------------------------------------------------------------------------
     def arm(self) -> int:
+        if self.one_stop:
+            # Read before the breakpoints exist: in non-stop mode gdb inserts them at once.
+            try:
+                self.mem_rw = os.open(f"/proc/{gdb.selected_inferior().pid}/mem", os.O_RDWR)
+                self.kinds = [instruction_kind(self.read(p["addr"] + self.bias, 8))
+                              for p in self.points]
+            except Exception:
+                self.one_stop = False
         for index, point in enumerate(self.points):
             self.breakpoints.append(HitBreakpoint(self, index, point["addr"] + self.bias))
         return len(self.breakpoints)
+
+    def carry_out(self, index: int) -> None:
+        """Do the breakpoint's instruction for the stopped thread (see one_stop). Any failure
+        before gdb's cache is flushed leaves the thread as it was: gdb then steps as usual."""
+        lwp, self.fresh_lwp = self.fresh_lwp, None
+        kind = self.kinds[index] if index < len(self.kinds) else None
+        if kind is None or lwp is None or self.ptrace is None:
+            return
+        regs = self.ptrace.regs
+        before = UserRegs.from_buffer_copy(regs)
+        name, length, operand = kind
+        if name == "push_rbp":
+            regs.rsp = (regs.rsp - 8) & MASK64
+            os.pwrite(self.mem_rw, regs.rbp.to_bytes(8, "little"), regs.rsp)
+            regs.rip += length
+        elif name == "ret":
+            regs.rip = int.from_bytes(self.read(regs.rsp, 8), "little")
+            regs.rsp += 8
+        else:
+            regs.rsp, regs.eflags = sub_flags(regs.eflags, regs.rsp, operand)
+            regs.rip += length
+        libc = self.ptrace.libc
+        if libc.ptrace(PTRACE_SETREGS, lwp, None, ctypes.byref(regs)) != 0:
+            return
+        try:
+            gdb.execute("maint flush register-cache", to_string=True)
+        except Exception:
+            # gdb would step the instruction again from its old view: put the thread back.
+            libc.ptrace(PTRACE_SETREGS, lwp, None, ctypes.byref(before))
+            self.one_stop = False
+            raise
+        self.emulated += 1
 
     def disarm(self) -> int:
         removed = 0
@@ -398,9 +478,11 @@ class Agent:
         point = self.points[index]
         lwp = gdb.selected_thread().ptid[1]
         reg = None
+        self.fresh_lwp = None
         if self.ptrace is not None:
             try:
                 reg = self.ptrace.read(lwp)
+                self.fresh_lwp = lwp
             except OSError:
                 self.ptrace = None  # not the ptracer after all: gdb's way from now on
         if reg is None:
@@ -437,6 +519,8 @@ class HitBreakpoint(gdb.Breakpoint):
         # An exception escaping stop() would leave the operator stopped: never let one out.
         try:
             self.agent.hit(self.index)
+            if self.agent.one_stop:
+                self.agent.carry_out(self.index)
         except Exception as exc:  # noqa: BLE001
             try:
                 self.agent.report_error(exc, self.index)

@@ -22,6 +22,7 @@ from tracer.probes.plan import ENTRY, EXIT, Plan
 
 BURSTS = 5
 CALLS = 100  # per burst: 2 hits a call, about 40 ms a burst with gdb
+BODY = 300_000  # spin iterations in each call, about 100 µs: hits apart as in a real call
 ROOT = Path(__file__).resolve().parents[3]
 
 CHILD = """
@@ -63,7 +64,7 @@ def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
     exit_ = next((p for p in plan.points if p.role == EXIT), None)
     if entry is None or exit_ is None:
         return None, "not measured: the plan has no entry and return"
-    data, entry_offset, ret_offset = calibration.page(entry_code)
+    data, entry_offset, ret_offset = calibration.page(entry_code, BODY)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(ROOT), data.hex(), str(CALLS), str(BURSTS)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -86,7 +87,8 @@ def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
         return cost, (f"before the attach: {BURSTS} bursts of {CALLS} calls through this "
                       "run's entry and return breakpoints (same gdb settings, agent and "
                       "decoders) on a private code page in a calibration process (the "
-                      "operator's entry instruction, a RET, a nil error), fastest burst with "
+                      "operator's entry instruction, about 100 µs of work, a RET, a nil "
+                      "error), fastest burst with "
                       "the breakpoints minus fastest without, per hit")
     except Exception as exc:  # noqa: BLE001 - a failed calibration is said, never fatal
         return None, f"not measured: {exc}"
