@@ -95,6 +95,16 @@ class MappedPage:
             os.unlink(path)
         self.buffer = ctypes.create_string_buffer(BUFFER)
 
+    def forget_path(self) -> None:
+        """Unlink the file: the mapping (and any uprobe already set on it) keeps it alive
+        until the page is unmapped, and nothing is left behind if the process is killed."""
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
     def function(self, offset: int):
         assert self.address is not None
         call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p)(self.address + offset)
@@ -105,6 +115,4 @@ class MappedPage:
         if self.address is not None:
             self.libc.munmap(self.address, mmap.PAGESIZE)
             self.address = None
-        if self.path is not None:
-            os.unlink(self.path)
-            self.path = None
+        self.forget_path()

@@ -31,6 +31,7 @@ sys.path.insert(0, sys.argv[1])
 from tracer.backends import calibration
 calls, bursts = int(sys.argv[3]), int(sys.argv[4])
 mapped = calibration.MappedPage(bytes.fromhex(sys.argv[2]))
+mapped.forget_path()  # gdb sets its breakpoints by address: the file is not needed
 print(mapped.address or 0, flush=True)
 sys.stdin.readline()
 probed, bare = mapped.function(0), mapped.function(calibration.COPY)

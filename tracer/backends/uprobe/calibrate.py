@@ -33,6 +33,7 @@ def measure(root: str, instance: str, group: str, entry_code: bytes, entry_args:
                       append=True)
         tracefs.write(events, f"p:{names[1]} {mapped.path}:0x{ret:x} {exit_args}\n",
                       append=True)
+        mapped.forget_path()  # the probes hold the file now; a kill leaves nothing behind
         call = mapped.function(0)
         tracefs.write(os.path.join(instance, "set_event_pid"), str(os.getpid()))
         enables = [os.path.join(instance, "events", name, "enable") for name in names]

@@ -50,6 +50,12 @@ def remove_stale(root: str) -> None:
         match = re.match(rf"p:({GROUP_PREFIX}(\d+))/(\w+) ", line)
         if match and not os.path.exists(f"/proc/{match.group(2)}"):
             _remove_group(root, match.group(1))
+    # An instance whose probes are gone already (its tracer died between the two).
+    folder = os.path.join(root, "instances")
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        match = re.fullmatch(rf"{GROUP_PREFIX}(\d+)", name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            _remove_group(root, name)
 
 
 def _remove_group(root: str, group: str) -> None:
