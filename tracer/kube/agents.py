@@ -9,7 +9,6 @@ the pod's attach stream.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -256,6 +255,3 @@ class AttachStream:
     def close(self) -> None:
         self._ws.close()
 
-
-def stop_line(reason: str) -> bytes:
-    return (json.dumps({"stop": reason}) + "\n").encode()
