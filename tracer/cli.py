@@ -199,20 +199,21 @@ def attach(target: str | None, output: str | None, duration: float | None,
                             "--agent are for pods")
         pid, tags, kube = int(target), None, None
     else:
-        from tracer.front.attach_pods import TraceArgs, trace_local_pods, trace_via_agents
+        from tracer.front.attach_pods import trace_local_pods, trace_via_agents
         from tracer.kube.session import find_pods
 
         kube = find_pods(target, selector, namespace, container, context, kubeconfig)
         for pod in kube.pods:
             if pod.chosen_because:
                 click.echo(f"tracing pod {pod.pod}: {pod.chosen_because}", err=True)
-        args = TraceArgs(symbol, probe, no_args, backend, max_stopped, budget_window)
+        options = dict(symbol=symbol, probe=probe, no_args=no_args, backend=backend,
+                       max_stopped=max_stopped, budget_window=budget_window)
         first = kube.pods[0]
         if agent:
             out = check_output(output or _default_output(first.pod, agent), "--output")
             image = agent_image or os.environ.get("TRACER_AGENT_IMAGE") or AGENT_IMAGE
             trace_via_agents(kube, agent, image, agent_timeout, out, duration, quiet, plain,
-                             args, watch)
+                             options, watch)
             return
         local = kube.local()
         if len(local) > 1:
@@ -226,7 +227,8 @@ def attach(target: str | None, output: str | None, duration: float | None,
             selected = selector or target or "pods"
             out = check_output(output or _default_output(selected.replace("/", "-"), "pods"),
                                "--output")
-            trace_local_pods(kube, out, duration, quiet, plain, args, sorted(functions), watch)
+            trace_local_pods(kube, out, duration, quiet, plain, options, sorted(functions),
+                             watch)
             return
         pid, tags = local[0].pid, local[0].tags()
     proc = inspect_process(pid)

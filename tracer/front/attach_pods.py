@@ -4,35 +4,12 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import click
 
 from tracer.front.display import Display, Screen, header_clock, receiver_screen
+from tracer.front.receive import agent_args
 from tracer.kube.session import KubeTargets
-
-
-@dataclass
-class TraceArgs:
-    """The trace options, as given, to hand to each agent."""
-
-    symbol: str | None
-    probe: str | None
-    no_args: bool
-    backend: str
-    max_stopped: float
-    budget_window: float
-
-    def agent_argv(self) -> list[str]:
-        argv = ["--backend", self.backend, "--budget-window", f"{self.budget_window:g}",
-                "--max-stopped", f"{self.max_stopped * 100:g}%" if self.max_stopped else "off"]
-        if self.symbol:
-            argv += ["--symbol", self.symbol]
-        if self.probe:
-            argv += ["--probe", self.probe]
-        if self.no_args:
-            argv.append("--no-args")
-        return argv
 
 
 def _run_with_watch(display: Display, run, screen: Screen, watcher):
@@ -54,7 +31,7 @@ def _multi_screen(run) -> Screen:
 
 
 def trace_local_pods(kube: KubeTargets, output: str, duration: float | None, quiet: bool,
-                     plain: bool, args: TraceArgs, functions: list[str],
+                     plain: bool, options: dict, functions: list[str],
                      watch: tuple[str, ...]) -> None:
     """Every selected pod on this node, each by a local agent, into one file."""
     from tracer.kube.multi import MultiRun
@@ -63,7 +40,7 @@ def trace_local_pods(kube: KubeTargets, output: str, duration: float | None, qui
     display = Display(quiet, plain)
     sources = []
     for container in kube.local():
-        argv = [sys.executable, "-m", "tracer", "agent", str(container.pid), *args.agent_argv()]
+        argv = [sys.executable, "-m", "tracer", "agent", *agent_args(container.pid, **options)]
         sources.append((container.target, ProcessStream(argv),
                         {"agent": "local", "pid": container.pid}))
     names = ", ".join(pod.pod for pod, _, _ in sources)
@@ -75,7 +52,7 @@ def trace_local_pods(kube: KubeTargets, output: str, duration: float | None, qui
 
 
 def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, output: str,
-                     duration: float | None, quiet: bool, plain: bool, args: TraceArgs,
+                     duration: float | None, quiet: bool, plain: bool, options: dict,
                      watch: tuple[str, ...]) -> None:
     """Each selected pod by an agent next to it (ephemeral container or node pod), streamed
     back through the API server's attach."""
@@ -88,7 +65,7 @@ def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, o
     sources = []
     try:
         for pod in kube.pods:
-            agent = agents.start(kube.conn, pod, kind, image, args.agent_argv(),
+            agent = agents.start(kube.conn, pod, kind, image, agent_args(**options),
                                  display.on_status)
             started.append(agent)
             display.on_status(f"{pod.pod}: waiting for the agent {agent.container} to start")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tracer.errors import UserError
-from tracer.kube.client import Connection, api_error
+from tracer.kube.client import Connection, api_error, call
 from tracer.kube.pods import PodTarget
 
 START_TIMEOUT_S = 60.0
@@ -36,10 +36,7 @@ def agent_name() -> str:
 def _server_minor(conn: Connection) -> tuple[int, str]:
     from kubernetes import client
 
-    try:
-        version = client.VersionApi(conn.api).get_code()
-    except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
-        raise api_error(exc, "get", "version", None) from None
+    version = call(client.VersionApi(conn.api).get_code, "get", "version", None)
     digits = "".join(ch for ch in version.minor if ch.isdigit())
     return int(digits or 0), version.git_version
 
@@ -144,10 +141,8 @@ def add_node_pod(conn: Connection, target: PodTarget, image: str, args: list[str
         raise UserError(f"pod {target.pod} has no node yet: nothing to trace")
     name = agent_name()
     body = node_pod_spec(name, image, target, args)
-    try:
-        client.CoreV1Api(conn.api).create_namespaced_pod(target.namespace, body)
-    except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
-        raise api_error(exc, "create", "pods", target.namespace) from None
+    call(client.CoreV1Api(conn.api).create_namespaced_pod, "create", "pods", target.namespace,
+         namespace=target.namespace, body=body)
     return AgentContainer(name, target.namespace, "agent", "node")
 
 
@@ -196,10 +191,8 @@ def wait_running(conn: Connection, agent: AgentContainer, image: str,
     core = client.CoreV1Api(conn.api)
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            pod = core.read_namespaced_pod(agent.pod, agent.namespace)
-        except Exception as exc:  # noqa: BLE001 - ApiException or connection: one line
-            raise api_error(exc, "get", "pods", agent.namespace, agent.pod) from None
+        pod = call(core.read_namespaced_pod, "get", "pods", agent.namespace, agent.pod,
+                   name=agent.pod, namespace=agent.namespace)
         running, failure = _running(pod, agent)
         if running:
             return

@@ -74,3 +74,15 @@ def api_error(exc: Exception, verb: str, resource: str, namespace: str | None,
         return UserError(f"cannot reach the API server: {reason}")
     reason = getattr(exc, "reason", "") or ""
     return UserError(f"the API server refused to {verb} {what}{where}: {status} {reason}")
+
+
+def call(fn, verb: str, resource: str, where: str | None, object_name: str | None = None,
+         /, **kw):
+    """fn(**kw), its API or connection failure said in one line (api_error)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn(**kw)
+    except (ApiException, HTTPError) as exc:
+        raise api_error(exc, verb, resource, where, object_name) from None

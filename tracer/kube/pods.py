@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracer.errors import UserError
-from tracer.kube.client import Connection, api_error
+from tracer.kube.client import Connection, call
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 POD_KINDS = ("pod", "pods", "po")
@@ -26,19 +26,6 @@ class PodTarget:
         """What every span and the header carry about where the process runs."""
         return {"pod": self.pod, "namespace": self.namespace, "container": self.container,
                 "node": self.node, "container_id": self.container_id}
-
-
-def _call(fn, verb: str, resource: str, where: str | None, object_name: str | None = None,
-          /, **kw):
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    try:
-        return fn(**kw)
-    except ApiException as exc:
-        raise api_error(exc, verb, resource, where, object_name) from None
-    except HTTPError as exc:
-        raise api_error(exc, verb, resource, where, object_name) from None
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -137,11 +124,11 @@ def _deployment_pod(conn: Connection, namespace: str, name: str, wanted: str | N
     from kubernetes import client
 
     apps = client.AppsV1Api(conn.api)
-    deploy = _call(apps.read_namespaced_deployment, "get", "deployments", namespace, name,
+    deploy = call(apps.read_namespaced_deployment, "get", "deployments", namespace, name,
                    name=name, namespace=namespace)
     core = client.CoreV1Api(conn.api)
     selector = _selector_string(deploy.spec.selector)
-    pods = _call(core.list_namespaced_pod, "list", "pods", namespace,
+    pods = call(core.list_namespaced_pod, "list", "pods", namespace,
                  namespace=namespace, label_selector=selector).items
     running = sorted((p for p in pods if p.status and p.status.phase == "Running"),
                      key=lambda p: (p.metadata.creation_timestamp, p.metadata.name))
@@ -166,7 +153,7 @@ def resolve(conn: Connection, target: str | None, selector: str | None,
     if selector is not None:
         if target:
             raise UserError("give either a pod (or deploy/NAME) or -l SELECTOR, not both")
-        pods = _call(core.list_namespaced_pod, "list", "pods", ns,
+        pods = call(core.list_namespaced_pod, "list", "pods", ns,
                      namespace=ns, label_selector=selector).items
         running = sorted((p for p in pods if p.status and p.status.phase == "Running"),
                          key=lambda p: p.metadata.name)
@@ -180,6 +167,6 @@ def resolve(conn: Connection, target: str | None, selector: str | None,
     kind, name = parse_target(target)
     if kind == "deploy":
         return [_deployment_pod(conn, ns, name, container)]
-    pod = _call(core.read_namespaced_pod, "get", "pods", ns, name,
+    pod = call(core.read_namespaced_pod, "get", "pods", ns, name,
                 name=name, namespace=ns)
     return [_target(pod, container)]

@@ -146,17 +146,9 @@ class SourceWriter:
     def __init__(self, merged: MergedTrace, index: int) -> None:
         self.merged = merged
         self.index = index
-        self.path = merged.output
-        self.lines = 0
-        self.bytes = 0
-        self.error: OSError | None = None
 
     def write(self, record: dict) -> None:
-        self.lines += 1
         self.merged._write(self.index, record)
-        writer = self.merged.writer
-        if writer is not None:
-            self.error = writer.error
 
     def close(self) -> None:
         """The merge closes the file once every source has ended."""
