@@ -19,12 +19,13 @@ from helpers import (
     check_fields,
     read_lines,
     run_tracer,
+    sample,
     tracer_pid,
     wait_for_header,
     wait_until,
 )
 
-from tracer.backends.uprobe import tracefs
+from tracer.backends.uprobe import placement, tracefs
 from tracer.binary.analyze import analyze
 from tracer.probes.compile import compile_plan
 from tracer.targets.process import altered_code
@@ -206,3 +207,28 @@ def test_lost_events_are_never_silent(operator, tracer_cmd, tmp_path, monkeypatc
     spans = [r for r in records if r["type"] == "span"]
     assert len(spans) < len(op.calls())
     assert probes_of(op.pid) == []
+
+
+@pytest.mark.parametrize("build", [GO_BUILDS[0], GO_BUILDS[2]])
+def test_entry_at_the_stack_check(build, operator, tracer_cmd, tmp_path):
+    """Go 1.19 frames start with `sub rsp` (single-stepped); the entry probe sits on the stack
+    check's jbe instead (emulated). Calls made on a fresh small stack make Reconcile's own
+    check send it to morestack and run it from its first instruction again: still one span
+    each, the extra entries counted, not traced."""
+    info = analyze(str(sample(build)))
+    plan = compile_plan(info)
+    entry = next(p for p in plan.points if p.role == "entry")
+    where = placement.place(info, entry, True)
+    assert where.branch and where.addr < entry.addr
+    op = operator(build, "-workers", "2", "-calls", "600", "-fresh-stack-every", "1",
+                  "-error-every", "7", "-linger")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+    wait_for_header(trace, run)
+    op.start_work()
+    wait_until(op.done, 120, "the operator to finish its calls")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    assert_every_call_once(op.calls(), [r for r in records if r["type"] == "span"])
+    assert records[-1]["entries_at_stack_growth"] > 0

@@ -159,10 +159,33 @@ type controller struct {
 	do    controllers.Reconciler // called through the interface
 }
 
-func (c *controller) worker(ctx context.Context) {
-	for {
-		c.reconcileHandler(ctx, c.queue.Get())
+func (c *controller) worker(ctx context.Context, freshStackEvery int) {
+	for n := 1; ; n++ {
+		it := c.queue.Get()
+		if freshStackEvery > 0 && n%freshStackEvery == 0 {
+			// On a new goroutine (a small stack) behind a chain of frames whose depth varies
+			// call to call: some depths leave too little stack for Reconcile's own frame, so
+			// its stack check sends it to morestack, which grows the stack and runs
+			// Reconcile from its first instruction again (one call, entered twice).
+			done := make(chan struct{})
+			go func(depth int) {
+				defer close(done)
+				pad(depth, func() { c.reconcileHandler(ctx, it) })
+			}((n / freshStackEvery) % 96)
+			<-done
+			continue
+		}
+		c.reconcileHandler(ctx, it)
 	}
+}
+
+//go:noinline
+func pad(depth int, f func()) {
+	if depth == 0 {
+		f()
+		return
+	}
+	pad(depth-1, f)
 }
 
 // reconcileHandler mirrors controller-runtime's: recover panics, honour Result.
@@ -206,6 +229,7 @@ func main() {
 	requeueEvery := flag.Int("requeue-every", 0, "every Q-th call returns Requeue: true")
 	requeueAfterEvery := flag.Int("requeue-after-every", 0, "every A-th call returns RequeueAfter 1-5 ms")
 	recurseEvery := flag.Int("recurse-every", 0, "every D-th call recurses deep enough to grow the goroutine stack")
+	freshStackEvery := flag.Int("fresh-stack-every", 0, "every F-th call a worker makes on a new goroutine behind frames of varied depth, so that some calls grow the stack at Reconcile's own entry")
 	recurseKB := flag.Int("recurse-kb", 160, "stack used by a recursing call, KiB")
 	panicEvery := flag.Int("panic-every", 0, "every P-th call panics (recovered by the worker)")
 	gtPath := flag.String("ground-truth", "", "write one JSON line per Reconcile call to FILE")
@@ -259,7 +283,7 @@ func main() {
 	c := &controller{queue: newWorkQueue(), do: r}
 	ctx := context.Background()
 	for i := 0; i < *workers; i++ {
-		go c.worker(ctx)
+		go c.worker(ctx, *freshStackEvery)
 	}
 
 	if *waitSignal {

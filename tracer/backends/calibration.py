@@ -41,6 +41,8 @@ BUFFER = b"calibration-name" * 64  # what the registers point to
 def entry_instruction(code: bytes) -> tuple[bytes, bytes]:
     """The operator's entry instruction and its undo, when it is one this page can run
     safely (what Go puts after the stack check); else `push rbp`."""
+    if code[:1] == b"\x76" or code[:2] == b"\x0f\x86":
+        return b"\x76\x00", b""  # the stack check's jbe, not taken
     if code[:1] == b"\x55":
         return b"\x55", b"\x5d"  # push rbp / pop rbp
     if code[:3] == b"\x48\x83\xec":

@@ -79,6 +79,22 @@ def go_post_prologue(info: BinaryInfo, fn: Function) -> int:
     return fn.entry
 
 
+def go_stack_check_branch(info: BinaryInfo, fn: Function, after: int) -> int | None:
+    """The address of the stack-check ``jbe`` that ends at ``after`` (a post-prologue entry),
+    or None. The branch is where the arguments are already in their registers and the stack
+    pointer is the caller's; it is taken only when the stack must grow first."""
+    code = read_function_code(info, fn)
+    insns = []
+    for insn in _cs().disasm_lite(code[: 16 * _PROLOGUE_MAX_INSNS], fn.entry):
+        addr, size, mnem, _op = insn
+        if addr + size == after:
+            return addr if mnem in ("jbe", "jna") and _is_stack_check(insns) else None
+        insns.append(insn)
+        if addr >= after or len(insns) >= _PROLOGUE_MAX_INSNS:
+            break
+    return None
+
+
 def _is_stack_check(before: list[Insn]) -> bool:
     """The instruction before the jbe compares against g.stackguard0 (g+0x10),
     with g in r14 (ABIInternal) or loaded from TLS (fs:) by ABI0 code."""

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tracer.backends.uprobe import calibrate, ringbuf, tracefs
+from tracer.backends.uprobe import calibrate, placement, ringbuf, tracefs
 from tracer.binary import gotypes
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
@@ -35,11 +35,13 @@ def check_uprobe(info: BinaryInfo) -> str:
     return "uprobe: kernel uprobes on a private trace instance, read raw, timestamps in ns"
 
 
-def _fetchargs(point: Point, goid_offset: int | None) -> str:
+def _fetchargs(point: Point, goid_offset: int | None, branch: bool = False) -> str:
     """What the kernel reads at each hit. Each string is one array behind one pointer chain:
     a nil pointer (no error, the common case) then faults once, not once per array (a fault
     costs about a microsecond here; measured in scripts/bench-fetchargs)."""
     args = ["sp=%sp:u64"]
+    if branch:
+        args.append("fl=%flags:u64")
     if point.key == KEY_GOID and goid_offset is not None:
         args.append(f"goid=+{goid_offset}(%r14):s64")
     elif point.key == KEY_GOID_FROM_ARG and goid_offset is not None:
@@ -119,6 +121,7 @@ class UprobeBackend:
         self.instance = ""
         self.events: list[str] = []
         self.points: list[Point] = []
+        self.placements: list[placement.Placement] = []
         self.plan: Plan | None = None
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
@@ -130,6 +133,7 @@ class UprobeBackend:
         self._formats: dict[int, _Event] = {}
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self.pages_missed = 0
+        self.stack_growths = 0  # entries seen at a taken stack check (not calls)
         self.lost: dict[str, int] | None = None
         self.cost: tuple[int | None, str] = (None, "not measured")
 
@@ -162,11 +166,12 @@ class UprobeBackend:
         self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
         exe = os.path.realpath(f"/proc/{self.pid}/exe")
         definitions = []
-        for index, point in enumerate(plan.points):
-            offset = info.file_offset(point.addr)
+        self.placements = [placement.place(info, p, p.role == ENTRY) for p in plan.points]
+        for index, (point, where) in enumerate(zip(plan.points, self.placements, strict=True)):
+            offset = info.file_offset(where.addr)
             event = f"p{index}"
             definitions.append(f"p:{self.group}/{event} {exe}:0x{offset:x} "
-                               f"{_fetchargs(point, plan.go_goid_offset)}")
+                               f"{_fetchargs(point, plan.go_goid_offset, where.branch)}")
             self.events.append(event)
         self.points = plan.points
         self._remove()  # a run on this PID killed before it cleaned up
@@ -201,16 +206,17 @@ class UprobeBackend:
 
     def _calibrate(self, plan: Plan, info: BinaryInfo, exe: str) -> None:
         """The cost of one hit of these probes, before the operator's are recorded."""
-        entry = next((p for p in plan.points if p.role == ENTRY), None)
+        at = next((i for i, p in enumerate(plan.points) if p.role == ENTRY), None)
         exit_ = next((p for p in plan.points if p.role == EXIT), None)
-        if entry is None or exit_ is None:
+        if at is None or exit_ is None:
             self.cost = (None, "not measured: the plan has no entry and return")
             return
+        entry, where = plan.points[at], self.placements[at]
         with open(exe, "rb") as f:
-            f.seek(info.file_offset(entry.addr))
+            f.seek(info.file_offset(where.addr))
             code = f.read(16)
         self.cost = calibrate.measure(self.root, self.instance, self.group, code,
-                                      _fetchargs(entry, plan.go_goid_offset),
+                                      _fetchargs(entry, plan.go_goid_offset, where.branch),
                                       _fetchargs(exit_, plan.go_goid_offset))
 
     def header_fields(self) -> dict:
@@ -288,6 +294,9 @@ class UprobeBackend:
         tid = _PID.unpack_from(data, event.pid)[0]
         try:
             fields = event.values(data)
+            if "fl" in fields and placement.branch_taken(fields["fl"]):
+                self.stack_growths += 1
+                return None  # the stack grows first; the function starts again
             value = self._value(point, fields)
         except Exception as exc:  # noqa: BLE001 - a record we cannot decode is said, not fatal
             return json.dumps({"agent_error": f"uprobe p{event.index}: {exc!r}"}).encode() + \
@@ -427,7 +436,10 @@ class UprobeBackend:
     def end_fields(self) -> dict:
         """For the end line: events the kernel could not keep. Never silent."""
         self._count_lost()
-        return {"events_lost": self.lost}
+        fields: dict = {"events_lost": self.lost}
+        if any(p.branch for p in self.placements):
+            fields["entries_at_stack_growth"] = self.stack_growths
+        return fields
 
     def _remove(self) -> None:
         if self.group:
