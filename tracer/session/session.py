@@ -276,7 +276,7 @@ class Session:
             pid = self.target.pid
             assert pid is not None
             backend.start(self.info.path)
-            if hasattr(backend, "prepare"):  # symbol reading done before anything stops
+            if hasattr(backend, "prepare"):  # work done before anything stops (cost per hit)
                 backend.prepare(self.plan, pid, load_bias(pid, self.info.path, self.info.pie))
             t0 = time.monotonic()
             backend.attach(pid)
