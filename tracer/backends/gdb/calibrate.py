@@ -11,7 +11,9 @@ breakpoint. The operator is not touched while this runs.
 from __future__ import annotations
 
 import json
+import os
 import select
+import statistics
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,8 +22,11 @@ from pathlib import Path
 from tracer.backends import calibration
 from tracer.probes.plan import ENTRY, EXIT, Plan
 
-BURSTS = 5
-CALLS = 100  # per burst: 2 hits a call, about 40 ms a burst with gdb
+BURSTS = 9  # pairs
+CALLS = 60  # per burst: 2 hits a call, about 30 ms a burst with gdb
+# Median of paired bursts, each pair after a short sleep: where the scheduler puts gdb and the
+# stopped thread (one CPU or two) changes a stop's cost by 40 us here, and the fastest burst
+# of one placement was 175 to 273 us a hit between attaches (the median: 207 to 220).
 BODY = 300_000  # spin iterations in each call, about 100 µs: hits apart as in a real call
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -42,6 +47,7 @@ def burst(f):
     return time.perf_counter_ns() - t0
 out = {"bare": [], "probed": []}
 for _ in range(bursts):
+    time.sleep(0.01)  # each pair of bursts where the scheduler puts it anew
     out["bare"].append(burst(bare))
     out["probed"].append(burst(probed))
 print(json.dumps(out), flush=True)
@@ -75,7 +81,7 @@ def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
         if not address:
             return None, "not measured: no folder allows an executable calibration page"
         points = [replace(entry, addr=entry_offset), replace(exit_, addr=ret_offset)]
-        backend.start(None)
+        backend.start(os.path.realpath(sys.executable))
         backend.attach(child.pid)
         backend.arm(replace(plan, points=points, go_types_base=None), address)
         backend.resume()
@@ -84,13 +90,14 @@ def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
         times = json.loads(_line(child.stdout, 60))
         backend.stop_target()
         backend.detach()
-        cost = max(0, (min(times["probed"]) - min(times["bare"])) // (CALLS * 2))
-        return cost, (f"before the attach: {BURSTS} bursts of {CALLS} calls through this "
+        cost = max(0, int(statistics.median(
+            p - b for p, b in zip(times["probed"], times["bare"], strict=True))) // (CALLS * 2))
+        return cost, (f"before the attach: {BURSTS} pairs of bursts of {CALLS} calls through this "
                       "run's entry and return breakpoints (same gdb settings, agent and "
                       "decoders) on a private code page in a calibration process (the "
                       "operator's entry instruction, about 100 µs of work, a RET, a nil "
-                      "error), fastest burst with "
-                      "the breakpoints minus fastest without, per hit")
+                      "error), median over the pairs of (burst with the breakpoints - burst "
+                      "without), per hit")
     except Exception as exc:  # noqa: BLE001 - a failed calibration is said, never fatal
         return None, f"not measured: {exc}"
     finally:
