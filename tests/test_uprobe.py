@@ -232,3 +232,31 @@ def test_entry_at_the_stack_check(build, operator, tracer_cmd, tmp_path):
     records = read_lines(trace)
     assert_every_call_once(op.calls(), [r for r in records if r["type"] == "span"])
     assert records[-1]["entries_at_stack_growth"] > 0
+
+
+@pytest.mark.parametrize("build", ["go1.27/sample-operator", "c/c-operator"])
+def test_run_from_the_first_call(build, tmp_path):
+    """`tracer run --backend uprobe`: the probes are on the program before it execs, so its
+    very first call is recorded; it exits by itself and the run ends with its status."""
+    truth_file = tmp_path / "truth.jsonl"
+    trace = tmp_path / "trace.jsonl"
+    args = (["-workers", "4", "-calls", "500", "-error-every", "7", "-panic-every", "97"]
+            if build.startswith("go") else ["-threads", "2", "-calls", "500"])
+    symbol = [] if build.startswith("go") else ["--symbol", "^reconcile$"]
+    result = run_tracer("run", "--backend", "uprobe", *symbol, "-o", str(trace), "-q", "--",
+                        str(sample(build)), *args, "-ground-truth", str(truth_file),
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = read_lines(trace)
+    assert records[0]["backend"] == "uprobe" and records[0]["attach_pause_ms"] == 0
+    assert records[-1]["reason"] == "target-exited"
+    assert records[-1]["target_status"] == "exit code 0"
+    truth = [r for r in read_lines(truth_file) if not r.get("done")]
+    spans = [r for r in records if r["type"] == "span"]
+    assert len(truth) >= 500
+    if build.startswith("go"):
+        assert_every_call_once(truth, spans)
+    else:
+        assert_native_calls_once(truth, spans)
+    assert records[-1]["events_lost"] == {"overrun": 0, "dropped": 0, "commit_overrun": 0,
+                                          "pages_missed": 0}

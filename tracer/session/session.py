@@ -263,7 +263,7 @@ class Session:
             unfinished = self._close_trace(backend, reason, removed, altered)
             self._end_child()
         return Outcome(reason, self.pairer.stats.spans, unfinished, self.output,
-                       backend.exit_status(), None if altered is None else not altered)
+                       self._target_status(backend), None if altered is None else not altered)
 
     def _attach(self, backend: Backend) -> tuple[int, int]:
         """Attach, arm and resume; the operator is stopped from the attach to the resume."""
@@ -280,7 +280,10 @@ class Session:
                 backend.prepare(self.plan, pid, load_bias(pid, self.info.path, self.info.pie))
             t0 = time.monotonic()
             backend.attach(pid)
-        bias = load_bias(pid, self.info.path, self.info.pie)
+        # A backend that lets the program exec only once armed (kernel uprobes, which stop
+        # nothing) has the parker in the process until then: its bias comes after arm().
+        late = getattr(backend, "releases_at_arm", False)
+        bias = 0 if late else load_bias(pid, self.info.path, self.info.pie)
 
         def on_death() -> None:
             self._repaired = self._repair(pid, bias)
@@ -288,6 +291,8 @@ class Session:
 
         self._on_debugger_death = on_death
         armed = backend.arm(self.plan, bias)
+        if late:
+            bias = load_bias(pid, self.info.path, self.info.pie)
         # The file is created only once the operator is traced: bad input leaves none.
         self.writer = TraceWriter(self.output, on_error=self._write_failed)
         # The header goes first: hits wait in the pipe until the reader starts after it.
@@ -370,7 +375,7 @@ class Session:
             "type": "end",
             "reason": reason,
             "clock": clock_pair(),
-            "target_status": backend.exit_status() or None,
+            "target_status": self._target_status(backend) or None,
             "spans": self.pairer.stats.spans,
             "unfinished": len(unfinished),
             "pairing": asdict(self.pairer.stats),
@@ -436,6 +441,16 @@ class Session:
         backend.close()
         if reader is not None:
             reader.join(timeout=10)
+
+    def _target_status(self, backend: Backend) -> str:
+        """How the operator ended; for a program the tracer started and the backend saw
+        end without its code (kernel uprobes), the tracer's own wait says."""
+        status = backend.exit_status()
+        if status in ("", "exited") and self.child is not None \
+                and self.child.poll() is not None:
+            code = self.child.returncode
+            return f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        return status
 
     def _end_child(self) -> None:
         """A program the tracer started ends with the run, like a shell's foreground job."""

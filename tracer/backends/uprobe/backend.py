@@ -136,6 +136,8 @@ class UprobeBackend:
         self.stack_growths = 0  # entries seen at a taken stack check (not calls)
         self.lost: dict[str, int] | None = None
         self.cost: tuple[int | None, str] = (None, "not measured")
+        self._release: Callable[[], None] | None = None  # tracer run: lets the program exec
+        self.releases_at_arm = False
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self, binary: str | None) -> None:
@@ -150,8 +152,35 @@ class UprobeBackend:
         self.attached = True
 
     def attach_before_exec(self, pid: int, release: Callable[[], None]) -> float:
-        raise UserError("tracer run --backend uprobe is not supported yet: start the program, "
-                        "then tracer attach PID --backend uprobe")
+        """tracer run: the probes go on the program's file, for this PID and its threads,
+        before the parked process is let go to exec it (in arm); nothing ever stops it."""
+        if not os.path.exists(f"/proc/{pid}"):
+            raise UserError("the command exited before it started")
+        self.pid = pid
+        self.group = f"{tracefs.GROUP_PREFIX}{pid}"
+        self.attached = True
+        self._release = release
+        self.releases_at_arm = True
+        return time.monotonic()
+
+    def _await_exec(self, exe: str, timeout: float = 30) -> None:
+        """Let the parked process exec the program; return once it has."""
+        assert self._release is not None and self.pid is not None
+        self._release()
+        self._release = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.path.realpath(f"/proc/{self.pid}/exe") == exe:
+                    return
+                with open(f"/proc/{self.pid}/status") as status:
+                    if "\nState:\tZ" in status.read():
+                        break
+            except OSError:
+                break
+            time.sleep(0.001)
+        raise UserError("the command did not start under the tracer (it exited or hung "
+                        "before its exec)")
 
     def arm(self, plan: Plan, bias: int) -> int:
         from tracer.binary.analyze import analyze
@@ -162,9 +191,9 @@ class UprobeBackend:
             raise UserError("Rust async spans (probe kind \"rust-async\") need --backend gdb: "
                             "kernel uprobes cannot follow a future from a poll to its return")
         self.plan = plan
-        info = analyze(self.binary)
-        self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
-        exe = os.path.realpath(f"/proc/{self.pid}/exe")
+        # tracer run: the process still runs the parker; the probes go on the program's file.
+        exe = os.path.realpath(plan.binary if self._release else f"/proc/{self.pid}/exe")
+        info = analyze(exe)
         definitions = []
         self.placements = [placement.place(info, p, p.role == ENTRY) for p in plan.points]
         for index, (point, where) in enumerate(zip(plan.points, self.placements, strict=True)):
@@ -202,6 +231,8 @@ class UprobeBackend:
         # Recording starts now, before the header is written: the operator never stopped,
         # so a call made from here on must not be missed.
         tracefs.write(os.path.join(self.instance, "events", self.group, "enable"), "1")
+        if self._release:
+            self._await_exec(exe)  # from its first instruction, every call is recorded
         return len(definitions)
 
     def _calibrate(self, plan: Plan, info: BinaryInfo, exe: str) -> None:
@@ -321,7 +352,11 @@ class UprobeBackend:
         return counts
 
     def _read_mem(self, addr: int, size: int) -> bytes:
-        assert self._mem is not None
+        if self._mem is None:
+            # Opened at the first hit that needs it: with tracer run, a hit means the program
+            # has replaced the parker, whose memory the file would otherwise show.
+            assert self.pid is not None
+            self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
         return os.pread(self._mem, size, addr)
 
     def _type(self, type_addr: int) -> tuple[str, int | None]:
