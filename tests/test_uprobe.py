@@ -53,18 +53,24 @@ def code_as_file(op) -> bool:
     return altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0) == []
 
 
-@pytest.mark.parametrize("build", [GO_BUILDS[0], GO_BUILDS[1], GO_BUILDS[4]])
-def test_same_calls_as_the_ground_truth(build, operator, tracer_cmd, tmp_path):
-    op = operator(build, *KNOBS)
-    trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
+def traced_work(op, tracer_cmd, trace, *options: str, backend: str = "uprobe"):
+    """Attach, let the operator do all its calls, end the tracer with Ctrl-C; (header, every
+    line of the trace, the tracer's run)."""
+    run = tracer_cmd("attach", str(op.pid), "--backend", backend, *options, "-o", str(trace),
+                     "-q")
     header = wait_for_header(trace, run)
-    assert header["backend"] == "uprobe" and header["attach_pause_ms"] == 0
     op.start_work()
     wait_until(op.done, 120, "the operator to finish its calls")
     run.proc.send_signal(signal.SIGINT)
     assert run.wait(60) == 0, run.stderr()
-    records = read_lines(trace)
+    return header, read_lines(trace), run
+
+
+@pytest.mark.parametrize("build", [GO_BUILDS[0], GO_BUILDS[1], GO_BUILDS[4]])
+def test_same_calls_as_the_ground_truth(build, operator, tracer_cmd, tmp_path):
+    op = operator(build, *KNOBS)
+    header, records, _ = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl")
+    assert header["backend"] == "uprobe" and header["attach_pause_ms"] == 0
     spans = [r for r in records if r["type"] == "span"]
     truth = op.calls()
     assert_every_call_once(truth, spans)
@@ -75,15 +81,9 @@ def test_same_calls_as_the_ground_truth(build, operator, tracer_cmd, tmp_path):
 
 def test_native_threads(operator, tracer_cmd, tmp_path):
     op = operator("c/c-operator", "-threads", "2", "-calls", "2000", "-linger")
-    trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "--symbol", "^reconcile$",
-                     "-o", str(trace), "-q")
-    wait_for_header(trace, run)
-    op.start_work()
-    wait_until(op.done, 60, "the C operator to finish")
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
-    spans = [r for r in read_lines(trace) if r["type"] == "span"]
+    _, records, _ = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl",
+                                "--symbol", "^reconcile$")
+    spans = [r for r in records if r["type"] == "span"]
     assert_native_calls_once(op.calls(), spans)
     assert probes_of(op.pid) == []
 
@@ -137,15 +137,8 @@ def test_no_event_lost_at_a_high_rate(operator, tracer_cmd, tmp_path):
     op = operator("go1.27/sample-operator", "-workers", "4", "-rate", "20000", "-calls",
                   "60000", "-objects", "40", "-error-every", "9", "-requeue-every", "13",
                   "-linger")
-    trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q",
-                     "--max-stopped", "off")
-    wait_for_header(trace, run)
-    op.start_work()
-    wait_until(op.done, 120, "the operator to finish its calls")
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
-    records = read_lines(trace)
+    _, records, run = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl",
+                                  "--max-stopped", "off")
     end = records[-1]
     assert end["type"] == "end" and end["hits_dropped"] == 0
     assert end["events_lost"] == {"overrun": 0, "dropped": 0, "commit_overrun": 0,
@@ -164,18 +157,13 @@ def test_cost_told_and_durations_corrected(backend, operator, tracer_cmd, tmp_pa
     op = operator("go1.27/sample-operator", "-workers", "1", "-calls", "800", "-work-us",
                   "200", "-error-every", "7", "-linger")
     trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--backend", backend, "-o", str(trace), "-q",
-                     "--max-stopped", "off")
-    header = wait_for_header(trace, run)
+    header, records, _ = traced_work(op, tracer_cmd, trace, "--max-stopped", "off",
+                                     backend=backend)
     assert header["cost_per_hit_ns"] > 0 and "bursts" in header["cost_measured"]
-    op.start_work()
-    wait_until(op.done, 120, "the operator to finish its calls")
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
     report = json.loads(run_tracer("report", "--json", str(trace)).stdout)
     cost = report["tracer_cost"]
     source = cost["sources"][0]
-    hits = read_lines(trace)[-1]["pairing"]["hits"]
+    hits = records[-1]["pairing"]["hits"]
     assert source["hits"] == hits
     assert source["stopped_s"] == pytest.approx(hits * header["cost_per_hit_ns"] / 1e9)
     (function,) = cost["functions"]
@@ -192,15 +180,8 @@ def test_lost_events_are_never_silent(operator, tracer_cmd, tmp_path, monkeypatc
     are in the end line and said on stderr, and the trace holds fewer calls than were made."""
     op = operator("go1.27/sample-operator", "-workers", "4", "-rate", "20000", "-calls",
                   "20000", "-objects", "40", "-linger")
-    trace = tmp_path / "trace.jsonl"
     monkeypatch.setenv("TRACER_UPROBE_BUFFER_KB", "4")
-    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
-    wait_for_header(trace, run)
-    op.start_work()
-    wait_until(op.done, 120, "the operator to finish its calls")
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
-    records = read_lines(trace)
+    _, records, run = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl")
     lost = records[-1]["events_lost"]
     assert lost["overrun"] + lost["dropped"] > 0, lost
     assert "warning: events were lost, spans may be missing" in run.stderr()
@@ -222,14 +203,7 @@ def test_entry_at_the_stack_check(build, operator, tracer_cmd, tmp_path):
     assert where.branch and where.addr < entry.addr
     op = operator(build, "-workers", "2", "-calls", "600", "-fresh-stack-every", "1",
                   "-error-every", "7", "-linger")
-    trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q")
-    wait_for_header(trace, run)
-    op.start_work()
-    wait_until(op.done, 120, "the operator to finish its calls")
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
-    records = read_lines(trace)
+    _, records, _ = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl")
     assert_every_call_once(op.calls(), [r for r in records if r["type"] == "span"])
     assert records[-1]["entries_at_stack_growth"] > 0
 
