@@ -166,8 +166,12 @@ class UprobeBackend:
     def _await_exec(self, exe: str, timeout: float = 30) -> None:
         """Let the parked process exec the program; return once it has."""
         assert self._release is not None and self.pid is not None
-        self._release()
-        self._release = None
+        try:
+            self._release()
+        except OSError:
+            raise UserError("the command exited before it started") from None
+        finally:
+            self._release = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -30,7 +30,7 @@ def kernel_emulates(code: bytes) -> bool:
     if not code:
         return False
     b = code[0]
-    if 0x50 <= b <= 0x57 or b in (0x70 + i for i in range(16)) or b in (0xE8, 0xE9, 0xEB):
+    if 0x50 <= b <= 0x57 or 0x70 <= b <= 0x7F or b in (0xE8, 0xE9, 0xEB):
         return True
     if b == 0x41 and len(code) > 1 and 0x50 <= code[1] <= 0x57:
         return True  # push r8..r15
