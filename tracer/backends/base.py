@@ -24,7 +24,8 @@ class Backend(Protocol):
     exited: dict | None  # set when the operator exited
 
     def start(self, binary: str | None) -> None:
-        """Start the debugger; read the binary's symbols now, before anything stops."""
+        """Start the debugger with the program's file; whatever it reads of it, now, before
+        anything stops."""
 
     def attach(self, pid: int) -> None:
         """Attach and stop every thread. UserError with a clear message on failure."""
