@@ -2,10 +2,12 @@
 
 The operator cannot be asked to call its function on demand, so the backends time their own
 probes on this one: a few instructions on a private executable page that load the registers
-the plan's probes read with pointers to a buffer (so every read is of real memory), run the
-operator's own entry instruction (`push rbp`, `sub rsp, N`: the kernel emulates some
-instructions and single-steps others, so the kind matters), clear the error registers (a
-nil error, the common return) and RET. The page holds two copies: one probed, one not.
+the plan's probes read with pointers to a buffer (so every read is of real memory) and call
+the probed function, which runs the operator's own entry instruction (`push rbp`, `sub rsp,
+N`: the kernel emulates some instructions and single-steps others, so the kind matters),
+clears the error registers (a nil error, the common return) and RETs with those registers
+still set, as an operator's function does (the goroutine in R14 among them); the caller then
+restores what the C convention wants kept. The page holds two copies: one probed, one not.
 """
 
 from __future__ import annotations
@@ -26,30 +28,37 @@ PROLOGUE = bytes.fromhex(
     "41b910000000"  # mov r9d, 16
     "b910000000"    # mov ecx, 16
 )
-EPILOGUE = bytes.fromhex(
+RET = b"\xc3"
+INNER_END = bytes.fromhex(
     "31c9"          # xor ecx, ecx      nil error: itab 0
     "31ff"          # xor edi, edi      and data 0 (its message read faults, as in the operator)
+) + RET             # the probed RET: R14, RBX, RAX still as the probes expect
+OUTER_END = bytes.fromhex(
     "5b"            # pop rbx
     "415e"          # pop r14
     "31c0"          # xor eax, eax
-)
-RET = b"\xc3"
+) + RET
 COPY = 0x100  # the unprobed copy's offset in the page
 BUFFER = b"calibration-name" * 64  # what the registers point to
 
 
 def entry_instruction(code: bytes) -> tuple[bytes, bytes]:
     """The operator's entry instruction and its undo, when it is one this page can run
-    safely (what Go puts after the stack check); else `push rbp`."""
+    safely (what Go puts after the stack check, a push); else an instruction nothing
+    emulates (`mov rax, rax`), as the operator's own is then stepped too."""
     if code[:1] == b"\x76" or code[:2] == b"\x0f\x86":
         return b"\x76\x00", b""  # the stack check's jbe, not taken
-    if code[:1] == b"\x55":
-        return b"\x55", b"\x5d"  # push rbp / pop rbp
+    if code[:1] and 0x50 <= code[0] <= 0x57:
+        return code[:1], bytes([code[0] + 8])  # push reg / pop reg
+    if code[:1] == b"\x41" and len(code) > 1 and 0x50 <= code[1] <= 0x57:
+        return code[:2], bytes([0x41, code[1] + 8])  # push r8..r15 / pop
+    if code[:4] == b"\xf3\x0f\x1e\xfa":
+        return code[:4], b""  # endbr64
     if code[:3] == b"\x48\x83\xec":
         return code[:4], b"\x48\x83\xc4" + code[3:4]  # sub/add rsp, imm8
     if code[:3] == b"\x48\x81\xec":
         return code[:7], b"\x48\x81\xc4" + code[3:7]  # sub/add rsp, imm32
-    return b"\x55", b"\x5d"
+    return b"\x48\x89\xc0", b""  # mov rax, rax
 
 
 def spin(iterations: int) -> bytes:
@@ -65,8 +74,10 @@ def page(entry_code: bytes, body: int = 0) -> tuple[bytes, int, int]:
     """(the page's bytes, entry probe offset, RET probe offset) of the probed copy; `body`:
     spin iterations between the entry and the return."""
     do, undo = entry_instruction(entry_code)
-    function = PROLOGUE + do + spin(body) + undo + EPILOGUE + RET
-    entry, ret = len(PROLOGUE), len(function) - 1
+    call = b"\xe8" + len(OUTER_END).to_bytes(4, "little")  # call the probed function below
+    outer = PROLOGUE + call + OUTER_END
+    function = outer + do + spin(body) + undo + INNER_END
+    entry, ret = len(outer), len(function) - 1
     data = function.ljust(COPY, b"\xcc") + function
     return data.ljust(mmap.PAGESIZE, b"\xcc"), entry, ret
 

@@ -73,11 +73,17 @@ MASK64 = (1 << 64) - 1
 FLAGS_ARITH = 0x8D5  # CF PF AF ZF SF OF
 
 
+PUSHED = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+
+
 def instruction_kind(code: bytes) -> tuple | None:
     """The instructions at Go's breakpoints that the agent can carry out itself, so gdb need
     not step over the breakpoint (a second stop): (kind, length, operand)."""
-    if code[:1] == b"\x55":
-        return ("push_rbp", 1, 0)
+    if 0x50 <= code[0] <= 0x57:  # push rax..rdi (rbp: Go's frame, and most C prologues)
+        return ("push", 1, PUSHED[code[0] - 0x50])
+    if code[0] == 0x41 and len(code) > 1 and 0x50 <= code[1] <= 0x57:  # push r8..r15
+        return ("push", 2, PUSHED[8 + code[1] - 0x50])
     if code[:1] == b"\xc3":
         return ("ret", 1, 0)
     if code[:3] == b"\x48\x83\xec":  # sub rsp, imm8 (sign-extended)
@@ -199,9 +205,10 @@ class Agent:
         regs = self.ptrace.regs
         before = UserRegs.from_buffer_copy(regs)
         name, length, operand = kind
-        if name == "push_rbp":
+        if name == "push":
+            value = getattr(regs, operand)  # push rsp pushes its value from before
             regs.rsp = (regs.rsp - 8) & MASK64
-            os.pwrite(self.mem_rw, regs.rbp.to_bytes(8, "little"), regs.rsp)
+            os.pwrite(self.mem_rw, value.to_bytes(8, "little"), regs.rsp)
             regs.rip += length
         elif name == "ret":
             regs.rip = int.from_bytes(self.read(regs.rsp, 8), "little")

@@ -75,6 +75,16 @@ def _attach_error(pid: int, message: str) -> UserError:
     return UserError(f"gdb could not attach to process {pid}: {message}")
 
 
+def _shadow_stack(pid: int | None) -> bool:
+    """Whether the process runs with x86 user shadow stacks (CET) enabled."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("x86_Thread_features:") and "shstk" in line
+                       for line in f)
+    except OSError:
+        return False
+
+
 class GdbBackend:
     name = "gdb"
 
@@ -183,10 +193,12 @@ class GdbBackend:
             # gdb's frame API instead of one PTRACE_GETREGS per hit: slower, kept for
             # comparison and as the fallback the agent also takes by itself.
             agent_plan["registers"] = os.environ.get("TRACER_GDB_REGISTERS", "ptrace")
-            # TRACER_GDB_ONESTOP=1: one stop per hit (the agent carries out the instruction
-            # under the breakpoint) instead of gdb's step over it. Off by default: it leans
-            # on gdb internals, and the cost measured at attach does not yet match it.
-            agent_plan["one_stop"] = os.environ.get("TRACER_GDB_ONESTOP", "0") == "1"
+            # One stop per hit: the agent carries out the instruction under the breakpoint
+            # (a push, `sub rsp`, a RET) instead of gdb stepping over it, a second stop.
+            # TRACER_GDB_ONESTOP=0 turns it off. Never with a shadow stack, which a RET
+            # done by hand would leave out of step.
+            agent_plan["one_stop"] = (os.environ.get("TRACER_GDB_ONESTOP", "1") == "1"
+                                      and not _shadow_stack(self.pid))
             json.dump(agent_plan, f)
         result = self.mi.console(f"python tracer_arm({json.dumps(self._plan_file)})")
         armed = [line for line in result.console if line.startswith("tracer-armed")]
