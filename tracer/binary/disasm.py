@@ -79,11 +79,14 @@ def go_post_prologue(info: BinaryInfo, fn: Function) -> int:
     return fn.entry
 
 
-def go_stack_check_branch(info: BinaryInfo, fn: Function, after: int) -> int | None:
+def go_stack_check_branch(info: BinaryInfo, fn: Function, after: int,
+                          code: bytes | None = None) -> int | None:
     """The address of the stack-check ``jbe`` that ends at ``after`` (a post-prologue entry),
     or None. The branch is where the arguments are already in their registers and the stack
-    pointer is the caller's; it is taken only when the stack must grow first."""
-    code = read_function_code(info, fn)
+    pointer is the caller's; it is taken only when the stack must grow first. `code`: the
+    function's bytes when the caller has them already."""
+    if code is None:
+        code = read_function_code(info, fn)
     insns = []
     for insn in _cs().disasm_lite(code[: 16 * _PROLOGUE_MAX_INSNS], fn.entry):
         addr, size, mnem, _op = insn

@@ -277,7 +277,7 @@ class Session:
             assert pid is not None
             backend.start(self.info.path)
             if hasattr(backend, "prepare"):  # work done before anything stops (cost per hit)
-                backend.prepare(self.plan, pid, load_bias(pid, self.info.path, self.info.pie))
+                backend.prepare(self.plan)
             t0 = time.monotonic()
             backend.attach(pid)
         # A backend that lets the program exec only once armed (kernel uprobes, which stop

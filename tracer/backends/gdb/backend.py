@@ -128,7 +128,7 @@ class GdbBackend:
             self.mi.send("-file-exec-file " + mi_quote(binary), timeout=60)
         self.mi.console("source " + str(AGENT))
 
-    def prepare(self, plan: Plan, pid: int, bias: int) -> None:
+    def prepare(self, plan: Plan) -> None:
         """Before the attach: the cost of one hit, measured on a process of the tracer's."""
         assert self.mi is not None
         self._calibrate(plan)

@@ -116,7 +116,6 @@ class UprobeBackend:
         self.attached = False
         self.exited: dict | None = None
         self.pid: int | None = None
-        self.binary: str | None = None
         self.group = ""
         self.instance = ""
         self.events: list[str] = []
@@ -141,13 +140,12 @@ class UprobeBackend:
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self, binary: str | None) -> None:
-        self.binary = binary
+        """Nothing to start: the probes name the program's file at arm()."""
 
     def attach(self, pid: int) -> None:
         if not os.path.exists(f"/proc/{pid}"):
             raise UserError(f"no process with PID {pid}")
         self.pid = pid
-        self.binary = f"/proc/{pid}/exe"
         self.group = f"{tracefs.GROUP_PREFIX}{pid}"
         self.attached = True
 

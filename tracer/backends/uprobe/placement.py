@@ -48,7 +48,7 @@ def place(info: BinaryInfo, point: Point, entry: bool) -> Placement:
     code = read_function_code(info, fn)
     if kernel_emulates(code[point.addr - fn.entry:point.addr - fn.entry + 2]):
         return Placement(point.addr, False)
-    branch = go_stack_check_branch(info, fn, point.addr)
+    branch = go_stack_check_branch(info, fn, point.addr, code)
     if branch is None:
         return Placement(point.addr, False)
     return Placement(branch, True)
