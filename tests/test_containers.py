@@ -24,8 +24,12 @@ def test_container_found_by_its_mounts(tmp_path):
          str(sample("go1.27/sample-operator"))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        found = wait_until(lambda: container_processes(f"containerd://{cid}"), 10,
-                           "the process to be found")
+        # Until sh execs the operator, its `mount` child is briefly in the namespace too.
+        wait_until(lambda: proc.pid in [p.pid for p in container_processes(f"containerd://{cid}")],
+                   10, "the process to be found")
+        wait_until(lambda: len(container_processes(f"containerd://{cid}")) == 1, 5,
+                   "the runtime's helper process to be gone")
+        found = container_processes(f"containerd://{cid}")
         assert [p.pid for p in found] == [proc.pid]
         assert found[0].how == "mountinfo" and cid in found[0].cgroup
         pid, why = container_pid(f"docker://{cid}")
