@@ -13,6 +13,7 @@ from tracer.backends.dlv import decode
 from tracer.backends.dlv.agent import _exit_status_from, _go_version
 from tracer.binary.analyze import analyze
 from tracer.errors import UserError
+from tracer.probes.compile import compile_plan
 
 
 def var(name, kind, value="", flags=0, addr=0, type_="", children=None, unreadable=""):
@@ -166,3 +167,25 @@ def test_check_dlv_says_how_values_are_read():
         assert "values from registers" in note
     assert "by name" in dlv_backend.check_dlv(analyze(str(sample("go1.19/sample-operator-debug"))))
     assert os.path.basename(dlv_backend.find_dlv()) == "dlv"
+
+
+def test_a_breakpoint_never_sits_on_a_one_byte_push():
+    """Delve rewinds a thread one byte past a breakpoint that takes a halt's SIGTRAP (see
+    tracer/backends/dlv/placement.py): entries on `push rbp` move past it and report the
+    stack pointer from before the push; RETs stay."""
+    from tracer.backends.dlv.placement import place
+    from tracer.targets.process import file_bytes
+
+    exe = str(sample("go1.27/sample-operator"))
+    plan = compile_plan(analyze(exe))
+    entries = [p for p in plan.points if p.role == "entry"]
+    exits = [p for p in plan.points if p.role == "exit"]
+    assert entries and exits
+    for point in entries:
+        assert file_bytes(exe, point.addr, 1) == b"\x55"  # push rbp, after the stack check
+        spot = place(exe, point.addr)
+        assert (spot.addr, spot.sp_adjust) == (point.addr + 1, 8)
+        assert file_bytes(exe, spot.addr, 3) == b"\x48\x89\xe5"  # mov rbp, rsp
+    for point in exits:
+        assert file_bytes(exe, point.addr, 1) == b"\xc3"
+        assert place(exe, point.addr).addr == point.addr

@@ -61,12 +61,19 @@ def text_differences(pid: int) -> list[int]:
 DELVE_SIGCONT = "signal: continued"
 
 
+def crash(op) -> str:
+    """How the operator died, from its stderr: the runtime's signal line and the tail."""
+    err = op.stderr()
+    first = next((line for line in err.splitlines() if line.startswith(("SIG", "fatal"))), "")
+    return f"{first} ... {err[-200:]}"
+
+
 def stray(op) -> list[str]:
     return [line for line in op.stray_signals() if line != DELVE_SIGCONT]
 
 
 def assert_untouched(op) -> None:
-    assert alive(op.pid), f"the operator died: {op.stderr()[-300:]}"
+    assert alive(op.pid), f"the operator died: {crash(op)}"
     wait_until(lambda: tracer_pid(op.pid) == 0, 15, "TracerPid to be 0")
     plan = compile_plan(analyze(str(op.binary)))
     assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), 0) == []
@@ -317,7 +324,64 @@ def test_a_halt_racing_hits_leaves_no_sigtrap(operator, monkeypatch):
                 os.close(fd)
         wait_until(lambda op=op: tracer_pid(op.pid) == 0, 10, "TracerPid to be 0")
         time.sleep(0.3)
-        assert alive(op.pid), op.stderr()[-300:]
+        assert alive(op.pid), crash(op)
         assert stray(op) == [], f"a SIGTRAP reached the operator ({raced} raced)"
         assert text_differences(op.pid) == []
         end_process(op.proc)
+
+
+def test_sigtraps_while_hits_fire_are_not_taken_for_hits(operator):
+    """Delve's halt is kill(pid, SIGTRAP), and Delve takes a SIGTRAP of a thread one byte past
+    a breakpoint for a hit and rewinds it. The thread it has just stepped over a one-byte
+    `push rbp` sits exactly there: a breakpoint on Reconcile's push would run the push twice
+    and the operator would return into its stack. Here SIGTRAPs come every 3 ms (every one a
+    halt's) while breakpoints fire: the operator must go on with its calls."""
+    from tracer.backends.dlv import agent as agent_mod
+
+    op = operator(BUILD, *KNOBS)
+    op.start_work()
+    plan = compile_plan(analyze(f"/proc/{op.pid}/exe"))
+    backend = DlvBackend()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    ctl_r, ctl_w = os.pipe()
+    stop = threading.Event()
+    sent = 0
+
+    def send_sigtraps() -> None:
+        nonlocal sent
+        while not stop.wait(0.003):
+            os.kill(op.pid, signal.SIGTRAP)
+            sent += 1
+
+    sender = threading.Thread(target=send_sigtraps)
+    try:
+        port = backend._start_dlv(op.pid)
+        agent = agent_mod.Agent(hits_fd=devnull, ctl_in=ctl_r, ctl_out=devnull)
+        agent.op_connect({"port": port, "pid": op.pid})
+        agent.op_arm({"plan": plan.to_agent(0, -1), "values": "registers"})
+        agent.op_resume({})
+        sender.start()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and agent.state != agent_mod.EXITED:
+            agent.step(0.01)
+        stop.set()
+        sender.join()
+        assert agent.state != agent_mod.EXITED, crash(op)
+        assert agent.park() in ("hit", "halt")
+        agent.detach()
+        agent.rpc.close()
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        backend.close()
+        for fd in (devnull, ctl_r, ctl_w):
+            os.close(fd)
+    assert sent > 300 and agent.hits > 300, (sent, agent.hits)
+    wait_until(lambda: tracer_pid(op.pid) == 0, 10, "TracerPid to be 0")
+    before = len(op.calls())
+    time.sleep(0.5)
+    assert alive(op.pid), crash(op)
+    assert len(op.calls()) > before, "the operator stopped reconciling"
+    assert text_differences(op.pid) == []
+    end_process(op.proc)

@@ -40,7 +40,7 @@ import sys
 import time
 import traceback
 
-from tracer.backends.dlv import decode
+from tracer.backends.dlv import decode, placement
 from tracer.backends.dlv.rpc import ConnectionLost, DelveRPC, RPCError
 from tracer.targets.process import altered_code, restore_code
 
@@ -77,6 +77,7 @@ class Agent:
         self.by_bp: dict[int, list[int]] = {}  # Delve breakpoint id -> plan point indexes
         self.bp_specs: dict[int, dict] = {}  # Delve breakpoint id -> the api.Breakpoint
         self.plan_addrs: list[int] = []  # static addresses of our breakpoints
+        self.sp_adjust: list[int] = []  # per point: its breakpoint may sit past a push
         self.mode = "registers"
         self.memory: decode.Memory | None = None
         self.hits = 0
@@ -159,7 +160,7 @@ class Agent:
                 "max_go": self.version.get("MaxSupportedVersionOfGo", "")}
 
     def op_arm(self, cmd: dict) -> dict:
-        assert self.rpc is not None and self.memory is not None
+        assert self.rpc is not None and self.memory is not None and self.exe is not None
         plan = cmd["plan"]
         self.points = plan["points"]
         self.bias = plan.get("bias", 0)
@@ -170,8 +171,11 @@ class Agent:
         notes = []
         self.mode, why = self._choose_mode(cmd.get("values", "auto"))
         by_addr: dict[int, list[int]] = {}
+        self.sp_adjust = []
         for index, point in enumerate(self.points):
-            by_addr.setdefault(point["addr"], []).append(index)
+            spot = placement.place(self.exe, point["addr"])
+            by_addr.setdefault(spot.addr, []).append(index)
+            self.sp_adjust.append(spot.sp_adjust)
         for addr, indexes in sorted(by_addr.items()):
             spec = {"addr": addr + self.bias, "continue": True, "name": f"tracer{addr:x}"}
             load = self._load_config(self.points[indexes[0]]["decode"])
@@ -358,7 +362,7 @@ class Agent:
                 done, value, sp = self._by_name(point, thread)
             if not done or point["key"] == "goid-rax" or sp is None:
                 regs = self._registers(thread["id"])
-                sp = regs.get("rsp", 0)
+                sp = regs.get("rsp", 0) + self.sp_adjust[index]
                 if not done:
                     value = self.memory.decode_registers(point["decode"], regs)
             if point["key"] == "goid-rax":  # runtime.recovery(gp *g): the panicking g
