@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -82,6 +84,30 @@ def assert_untouched(op) -> None:
         state = next(line for line in f if line.startswith("State:"))
     assert "(stopped)" not in state and "tracing stop" not in state, state
     assert stray(op) == [], "the tracer delivered a signal to the operator"
+
+
+@contextlib.contextmanager
+def agent_in_this_process(op) -> Iterator:
+    """Delve attached to the operator, driven by an agent in the test's own process (so a
+    test can reach into it), its breakpoints armed and the operator resumed."""
+    from tracer.backends.dlv import agent as agent_mod
+
+    plan = compile_plan(analyze(f"/proc/{op.pid}/exe"))
+    backend = DlvBackend()  # only for starting dlv
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    ctl_r, ctl_w = os.pipe()
+    try:
+        port = backend._start_dlv(op.pid)
+        agent = agent_mod.Agent(hits_fd=devnull, ctl_in=ctl_r, ctl_out=devnull)
+        agent.op_connect({"port": port, "pid": op.pid})
+        agent.op_arm({"plan": plan.to_agent(0, -1), "values": "registers"})
+        agent.op_resume({})
+        yield agent
+        agent.rpc.close()
+    finally:
+        backend.close()
+        for fd in (devnull, ctl_r, ctl_w):
+            os.close(fd)
 
 
 def helpers_of(run) -> list[psutil.Process]:
@@ -301,27 +327,13 @@ def test_a_halt_racing_hits_leaves_no_sigtrap(operator, monkeypatch):
     for _ in range(4):
         op = operator(BUILD, *KNOBS)
         op.start_work()
-        plan = compile_plan(analyze(f"/proc/{op.pid}/exe"))
-        backend = DlvBackend()  # only for starting dlv; the agent runs in this process
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        ctl_r, ctl_w = os.pipe()
-        try:
-            port = backend._start_dlv(op.pid)
-            agent = agent_mod.Agent(hits_fd=devnull, ctl_in=ctl_r, ctl_out=devnull)
-            agent.op_connect({"port": port, "pid": op.pid})
-            agent.op_arm({"plan": plan.to_agent(0, -1), "values": "registers"})
-            agent.op_resume({})
+        with agent_in_this_process(op) as agent:
             deadline = time.monotonic() + 0.3
             while time.monotonic() < deadline:
                 agent.step(0.01)
             assert agent.park() == "halt"
             raced += agent.halt_raced
             agent.detach()
-            agent.rpc.close()
-        finally:
-            backend.close()
-            for fd in (devnull, ctl_r, ctl_w):
-                os.close(fd)
         wait_until(lambda op=op: tracer_pid(op.pid) == 0, 10, "TracerPid to be 0")
         time.sleep(0.3)
         assert alive(op.pid), crash(op)
@@ -340,10 +352,6 @@ def test_sigtraps_while_hits_fire_are_not_taken_for_hits(operator):
 
     op = operator(BUILD, *KNOBS)
     op.start_work()
-    plan = compile_plan(analyze(f"/proc/{op.pid}/exe"))
-    backend = DlvBackend()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    ctl_r, ctl_w = os.pipe()
     stop = threading.Event()
     sent = 0
 
@@ -355,28 +363,20 @@ def test_sigtraps_while_hits_fire_are_not_taken_for_hits(operator):
 
     sender = threading.Thread(target=send_sigtraps)
     try:
-        port = backend._start_dlv(op.pid)
-        agent = agent_mod.Agent(hits_fd=devnull, ctl_in=ctl_r, ctl_out=devnull)
-        agent.op_connect({"port": port, "pid": op.pid})
-        agent.op_arm({"plan": plan.to_agent(0, -1), "values": "registers"})
-        agent.op_resume({})
-        sender.start()
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and agent.state != agent_mod.EXITED:
-            agent.step(0.01)
-        stop.set()
-        sender.join()
-        assert agent.state != agent_mod.EXITED, crash(op)
-        assert agent.park() in ("hit", "halt")
-        agent.detach()
-        agent.rpc.close()
+        with agent_in_this_process(op) as agent:
+            sender.start()
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and agent.state != agent_mod.EXITED:
+                agent.step(0.01)
+            stop.set()
+            sender.join()
+            assert agent.state != agent_mod.EXITED, crash(op)
+            assert agent.park() in ("hit", "halt")
+            agent.detach()
     finally:
         stop.set()
         if sender.is_alive():
             sender.join()
-        backend.close()
-        for fd in (devnull, ctl_r, ctl_w):
-            os.close(fd)
     assert sent > 300 and agent.hits > 300, (sent, agent.hits)
     wait_until(lambda: tracer_pid(op.pid) == 0, 10, "TracerPid to be 0")
     before = len(op.calls())
