@@ -377,7 +377,7 @@ def test_sigtraps_while_hits_fire_are_not_taken_for_hits(operator):
         stop.set()
         if sender.is_alive():
             sender.join()
-    assert sent > 300 and agent.hits > 300, (sent, agent.hits)
+    assert sent > 200 and agent.hits > 200, (sent, agent.hits)  # 610-650 and 720-880 here
     wait_until(lambda: tracer_pid(op.pid) == 0, 10, "TracerPid to be 0")
     before = len(op.calls())
     time.sleep(0.5)
