@@ -314,7 +314,7 @@ def test_leaving_while_hits_come_and_go(operator):
 def test_a_halt_racing_hits_leaves_no_sigtrap(operator, monkeypatch):
     """Delve's halt is kill(pid, SIGTRAP). Sent while breakpoints fire, it often arrives with
     a hit and its SIGTRAP stays pending: detaching then hands it to the operator (measured,
-    without the drain: 10 of 15 runs at 400 calls/s). The agent normally takes its int3
+    without the drain: 13 of 15 runs at 400 calls/s). The agent normally takes its int3
     bytes out before halting; here it is made to halt at once, in full flow, to check that
     the drain (clear the breakpoints, let the pending SIGTRAP stop the process) catches it."""
     from tracer.backends.dlv import agent as agent_mod

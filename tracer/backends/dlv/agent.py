@@ -488,8 +488,8 @@ class Agent:
 
     def drain(self) -> None:
         """After a halt that came with a hit: its SIGTRAP may still be pending. With no
-        breakpoint left, continue: a pending SIGTRAP stops the process at once (and Delve
-        takes it); if none comes, nothing was pending and a halt now races nothing."""
+        breakpoint left, continue: Delve takes a pending SIGTRAP (a stop at no breakpoint,
+        which its continue goes on from, or returns on); then a halt races nothing."""
         assert self.rpc is not None
         self._continue()
         if self._wait_continue(DRAIN_WAIT):
