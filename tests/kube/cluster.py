@@ -192,7 +192,10 @@ class KubeCluster:
         _end(self.etcd)
 
 
-def start_cluster(directory: Path, ready_timeout: float = 120) -> KubeCluster:
+def start_cluster(directory: Path, ready_timeout: float = 120,
+                  ephemeral_containers: bool = True) -> KubeCluster:
+    """`ephemeral_containers`: whether 1.20 serves pods/ephemeralcontainers (an alpha
+    feature gate there, on by default from 1.23)."""
     apiserver = apiserver_binary()
     etcd = etcd_binary()
     directory.mkdir(parents=True, exist_ok=True)
@@ -246,7 +249,7 @@ def start_cluster(directory: Path, ready_timeout: float = 120) -> KubeCluster:
              # The 'kubernetes' Service's endpoint would be 127.0.0.1, which validation rejects.
              "--endpoint-reconciler-type", "none",
              # 1.20 serves pods/ephemeralcontainers only behind this (alpha) gate.
-             "--feature-gates", "EphemeralContainers=true",
+             "--feature-gates", f"EphemeralContainers={str(ephemeral_containers).lower()}",
              "--profiling=false", "--logtostderr", "-v", "1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(apiserver_log, "w"),

@@ -22,7 +22,8 @@ from helpers import (
 )
 from kubernetes import client
 
-from .cluster import DENIED_USER
+from .cluster import DENIED_USER, start_cluster
+from .pods import Kube
 
 IMAGE = "registry.example.com/tracer-agent:test"
 CALLS = ["-workers", "4", "-calls", "300", "-objects", "20", "-error-every", "7", "-linger"]
@@ -79,6 +80,30 @@ def test_ephemeral_agent_needs_the_right_to_patch(kube_cluster, kube, tmp_path):
     line = last_line(result.stderr)
     assert "access denied" in line and "'patch'" in line
     assert "'pods/ephemeralcontainers'" in line
+
+
+def test_ephemeral_agent_on_a_cluster_without_the_feature(tmp_path):
+    """Before 1.23 the API server serves pods/ephemeralcontainers only with the
+    EphemeralContainers gate on: without it the tracer says so in one line and names the
+    other ways (a second API server here, started with the gate off)."""
+    cluster = start_cluster(tmp_path / "kube", ephemeral_containers=False)
+    kube = Kube(cluster, tmp_path)
+    try:
+        pod = kube.pod("op-eph-off")
+        trace = tmp_path / "t.jsonl"
+        result = run_tracer("attach", pod.name, "--agent", "ephemeral", "--agent-image", IMAGE,
+                            "--agent-timeout", "2", "-o", str(trace),
+                            "--kubeconfig", str(cluster.kubeconfig))
+        got = kube.core.read_namespaced_pod(pod.name, pod.namespace)
+    finally:
+        kube.cleanup()
+        cluster.stop()
+    assert result.returncode == 2, result.stderr
+    line = last_line(result.stderr)
+    assert "does not serve pods/ephemeralcontainers" in line, line
+    assert "--agent node" in line and "Traceback" not in result.stderr
+    assert not trace.exists()
+    assert not got.spec.ephemeral_containers
 
 
 def test_node_agent_pod_is_made_for_the_node_and_removed(kube_cluster, kube, tmp_path):
