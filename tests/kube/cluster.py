@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from helpers import wait_until
 from kubernetes import client, config
 
 KUBE_VERSION = "1.20.2"
@@ -276,7 +277,21 @@ def start_cluster(directory: Path, ready_timeout: float = 120,
         apiserver_log=apiserver_log, ready_seconds=ready,
     )
     register_node(cluster)
+    # /readyz can answer before the API server's bootstrap has made the "default" namespace
+    # (a pod made at once was refused "namespaces default not found", seen once).
+    wait_until(lambda: _has_namespace(cluster, "default"), ready_timeout,
+               'the "default" namespace')
     return cluster
+
+
+def _has_namespace(cluster: KubeCluster, name: str) -> bool:
+    try:
+        cluster.core.read_namespace(name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def register_node(cluster: KubeCluster) -> None:
