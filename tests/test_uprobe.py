@@ -234,3 +234,38 @@ def test_run_from_the_first_call(build, tmp_path):
         assert_native_calls_once(truth, spans)
     assert records[-1]["events_lost"] == {"overrun": 0, "dropped": 0, "commit_overrun": 0,
                                           "pages_missed": 0}
+
+
+def test_pause_budget_counts_the_kernel_handler(operator, tracer_cmd, tmp_path):
+    """Nothing stops with uprobes, but every hit holds one of the operator's threads in the
+    kernel's handler for about the cost told at attach. Past --max-stopped the tracer first
+    drops names, then leaves, and the share it reports is the operator's own call rate times
+    two hits times that cost."""
+    op = operator("go1.27/sample-operator", "-workers", "4", "-calls", "0", "-rate", "4000",
+                  "-work-us", "50", "-objects", "40")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--backend", "uprobe", "-o", str(trace), "-q",
+                     "--max-stopped", "1%", "--budget-window", "1")
+    header = wait_for_header(trace, run)
+    op.start_work()
+    assert run.wait(60) == 1, run.stderr()
+    records = read_lines(trace)
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "pause-budget"
+    budget = [r for r in records if r["type"] == "budget"]
+    assert [b["action"] for b in budget] == ["degrade", "detach"], budget
+    assert "again: detaching to spare the operator" in run.stderr()
+    assert probes_of(op.pid) == [] and alive(op.pid)
+    # The operator's own rate over the traced time, as its ground truth has it.
+    first = records[0]["clock"]["monotonic_ns"]
+    last = budget[-1]["clock"]["monotonic_ns"]
+    truth = [c for c in op.calls() if first <= c["entry_ns"] <= last]
+    rate = len(truth) / ((last - first) / 1e9)
+    expected = rate * 2 * header["cost_per_hit_ns"] / 1e9
+    for line in budget:
+        assert 0.6 * expected < line["share"] < 1.5 * expected, (line, expected, rate)
+    # Once degraded, names are no longer read.
+    degraded = budget[0]["clock"]["monotonic_ns"]
+    spans = [r for r in records if r["type"] == "span"]
+    assert spans[0]["request"] is not None
+    later = [r for r in spans if r["start_ns"] > degraded + 50e6]
+    assert later and all(r["request"] is None for r in later), later[:2]

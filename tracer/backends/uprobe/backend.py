@@ -105,6 +105,12 @@ _ID = struct.Struct("<H")
 _PID = struct.Struct("<i")
 
 
+def _maps(pid: int, path: str) -> bool:
+    """Whether the process has the file mapped."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return any(line.rstrip("\n").endswith(" " + path) for line in maps)
+
+
 class UprobeBackend:
     name = "uprobe"
     stops_to_attach = False
@@ -126,6 +132,9 @@ class UprobeBackend:
         self._reader: threading.Thread | None = None
         self._marker = 0
         self._types: dict[int, tuple[str, int | None]] = {}
+        # An itab's type never changes: read once, so hits read after the operator has
+        # exited still decode errors of the types seen before.
+        self._itab_types: dict[int, int] = {}
         self._mem: int | None = None
         self.capture = True
         self._layout = ringbuf.PageLayout()
@@ -133,6 +142,7 @@ class UprobeBackend:
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self.pages_missed = 0
         self.stack_growths = 0  # entries seen at a taken stack check (not calls)
+        self.events_read = 0  # every probe hit taken from the kernel's buffers
         self.lost: dict[str, int] | None = None
         self.cost: tuple[int | None, str] = (None, "not measured")
         self._release: Callable[[], None] | None = None  # tracer run: lets the program exec
@@ -173,7 +183,9 @@ class UprobeBackend:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if os.path.realpath(f"/proc/{self.pid}/exe") == exe:
+                # The exe link changes before the kernel maps the program's segments, and the
+                # session then reads where it is mapped: wait for both.
+                if os.path.realpath(f"/proc/{self.pid}/exe") == exe and _maps(self.pid, exe):
                     return
                 with open(f"/proc/{self.pid}/status") as status:
                     if "\nState:\tZ" in status.read():
@@ -315,6 +327,7 @@ class UprobeBackend:
             if missed:
                 self.pages_missed += 1
             for ts, data in events:
+                self.events_read += 1
                 line = self._convert(ts, data)
                 if line is not None:
                     held.append((ts, line))
@@ -386,7 +399,17 @@ class UprobeBackend:
     def _error(self, itab: int, f: dict) -> list | None:
         if not itab:
             return None
-        type_addr = int.from_bytes(self._read_mem(itab + 8, 8), "little")
+        type_addr = self._itab_types.get(itab)
+        if type_addr is None:
+            try:
+                raw = self._read_mem(itab + 8, 8)
+            except OSError:
+                raw = b""
+            if len(raw) != 8:
+                # The operator has exited (its last hits are read after it): there was an
+                # error, of a type not seen before and no longer readable.
+                return [f"itab 0x{itab:x}", None]
+            type_addr = self._itab_types[itab] = int.from_bytes(raw, "little")
         return self._interface(type_addr, f, "em")
 
     def _value(self, point: Point, f: dict):
@@ -434,7 +457,11 @@ class UprobeBackend:
         self.capture = on
 
     def cpu_seconds(self) -> float:
-        return 0.0  # the kernel's handler time is not charged to any process of ours
+        """The pause budget's measure. Nothing stops, but each hit holds one of the operator's
+        threads in the kernel's handler (charged to no process of ours) for about the cost
+        measured at attach; 0 when it could not be measured."""
+        ns = self.cost[0]
+        return self.events_read * ns / 1e9 if ns else 0.0
 
     def alive(self) -> bool:
         return True
