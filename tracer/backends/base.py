@@ -58,7 +58,9 @@ class Backend(Protocol):
         """Turn optional decoding (names, error messages) on or off while running."""
 
     def cpu_seconds(self) -> float:
-        """CPU time the debugger has used: the pause budget's measure of stopped time."""
+        """The pause budget's measure of the operator's time held by the tracer so far: the
+        debugger's CPU time (it works only while a thread is stopped for it), or for uprobes
+        the hits times their measured cost."""
 
     def alive(self) -> bool:
         """The debugger still answers (so a detach can still be tried)."""
