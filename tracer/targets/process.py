@@ -90,18 +90,27 @@ def _load_segments(path: str) -> tuple[int, tuple[tuple[int, int, int], ...]]:
         return lowest, tuple((s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in loads)
 
 
+def mapped_at(pid: int, path: str) -> int | None:
+    """Where the process maps the start of the file `path` (its first page); None if not
+    (yet: an exec switches /proc/PID/exe before the kernel maps the program)."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].strip() == path and int(parts[2], 16) == 0:
+                return int(parts[0].split("-")[0], 16)
+    return None
+
+
 def load_bias(pid: int, exe_path: str, pie: bool) -> int:
     """Where the kernel put the executable: 0 for a fixed-address binary."""
     if not pie:
         return 0
     target = os.readlink(f"/proc/{pid}/exe")
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            if len(parts) == 6 and parts[5].strip() == target and int(parts[2], 16) == 0:
-                lowest, _ = _load_segments(exe_path)
-                return int(parts[0].split("-")[0], 16) - lowest
-    raise UserError(f"cannot find where {target} is mapped in process {pid}")
+    start = mapped_at(pid, target)
+    if start is None:
+        raise UserError(f"cannot find where {target} is mapped in process {pid}")
+    lowest, _ = _load_segments(exe_path)
+    return start - lowest
 
 
 def file_bytes(path: str, vaddr: int, size: int) -> bytes:

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.binary.disasm import iter_instructions
 from tracer.targets.process import file_bytes
 
-LONGEST = 15  # an x86 instruction's most bytes
+# Without a prefix, these opcodes are whole one-byte instructions: push of a register (the
+# stack pointer moves 8 down) and nop. Nothing else at an entry is moved past.
+PUSHES = range(0x50, 0x58)
+NOP = 0x90
+LOOK = 16  # bytes read: more one-byte pushes than any prologue has
 
 
 @dataclass(frozen=True)
@@ -29,34 +32,15 @@ class Placement:
     sp_adjust: int  # add to the stack pointer read there to get the point's own
 
 
-def _one_byte_step(code: bytes) -> int | None:
-    """What a one-byte instruction that falls through does to the stack pointer (push: -8,
-    nop: 0); None for anything else (longer, a branch or ret, or one that changes other
-    registers a decoder may read)."""
-    if not code:
-        return None
-    b = code[0]
-    if 0x50 <= b <= 0x57:
-        return -8
-    if b == 0x90:
-        return 0
-    return None
-
-
 def place(exe: str, addr: int) -> Placement:
     """The first address at or after `addr` that is not a one-byte push or nop."""
-    sp_adjust = 0
     try:
-        code = file_bytes(exe, addr, LONGEST * 4)
+        code = file_bytes(exe, addr, LOOK)
     except ValueError:
         return Placement(addr, 0)
-    at = addr
-    for insn_addr, size, _, _ in iter_instructions(code, addr):
-        if insn_addr != at or size != 1:
-            break
-        moved = _one_byte_step(code[at - addr:at - addr + 1])
-        if moved is None:
-            break
-        sp_adjust -= moved
-        at += 1
-    return Placement(at, sp_adjust)
+    skipped = 0
+    sp_adjust = 0
+    while skipped < len(code) and (code[skipped] in PUSHES or code[skipped] == NOP):
+        sp_adjust += 8 if code[skipped] in PUSHES else 0
+        skipped += 1
+    return Placement(addr + skipped, sp_adjust)

@@ -18,6 +18,7 @@ from tracer.binary import gotypes
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes.plan import ENTRY, EXIT, KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
+from tracer.targets.process import mapped_at
 
 NAME_BYTES = 64  # a namespace (63 at most) in one u64[8]
 STRING_BYTES = 256  # names, keys, messages: one u64[32] each (the gdb agent keeps 1,024)
@@ -105,12 +106,6 @@ _ID = struct.Struct("<H")
 _PID = struct.Struct("<i")
 
 
-def _maps(pid: int, path: str) -> bool:
-    """Whether the process has the file mapped."""
-    with open(f"/proc/{pid}/maps") as maps:
-        return any(line.rstrip("\n").endswith(" " + path) for line in maps)
-
-
 class UprobeBackend:
     name = "uprobe"
     stops_to_attach = False
@@ -183,9 +178,10 @@ class UprobeBackend:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                # The exe link changes before the kernel maps the program's segments, and the
-                # session then reads where it is mapped: wait for both.
-                if os.path.realpath(f"/proc/{self.pid}/exe") == exe and _maps(self.pid, exe):
+                # The exe link changes before the kernel maps the program, and the session
+                # then reads where it is mapped: wait for both.
+                if (os.path.realpath(f"/proc/{self.pid}/exe") == exe
+                        and mapped_at(self.pid, exe) is not None):
                     return
                 with open(f"/proc/{self.pid}/status") as status:
                     if "\nState:\tZ" in status.read():
