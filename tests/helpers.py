@@ -186,6 +186,30 @@ def match_spans(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
     return matched
 
 
+# Error types whose Error() returns one of their fields unchanged: the tracer gives their
+# message. Any other type's message is null (never a guess), its fields by name where the
+# backend reads them.
+MESSAGE_TYPES = {"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors",
+                 "*errors.StatusError"}
+
+
+def check_error(truth: dict | None, error: dict | None) -> None:
+    """A span's error against the operator's own (%T, Error()): the type, and the message
+    exact or null."""
+    if truth is None:
+        assert error is None
+        return
+    assert error is not None, f"{truth} recorded as no error"
+    assert error["type"] == truth["type"]
+    if truth["type"] in MESSAGE_TYPES:
+        assert error["message"] == truth["message"]
+    else:
+        assert error["message"] is None, f"{error}: a message guessed for {truth['type']}"
+    if truth["type"] == "*controllers.RetryableError" and "fields" in error:
+        # The sample's RetryableError.Error() returns its Msg field.
+        assert error["fields"]["Msg"] == truth["message"]
+
+
 def check_fields(call: dict, span: dict) -> None:
     assert span["request"] == {"namespace": call["namespace"], "name": call["name"]}
     if call["panic"] is not None:
@@ -194,7 +218,7 @@ def check_fields(call: dict, span: dict) -> None:
         return
     assert span["result"] == {"requeue": call["requeue"],
                               "requeue_after_ns": call["requeue_after_ns"]}
-    assert span["error"] == call["error"]
+    check_error(call["error"], span["error"])
     assert span["status"] == ("error" if call["error"] else "ok")
 
 

@@ -18,16 +18,18 @@ from binary_fixtures import build_go, dwarf_go_types, go_nm, go_nm_lookup
 from tracer.binary.elfimage import ElfImage
 from tracer.binary.gotypes import (
     KIND_POINTER,
-    first_string_field_offset,
     read_name,
     type_kind,
     type_name,
 )
+from tracer.binary.govalues import GoMemory
 
 pytestmark = pytest.mark.usefixtures("need_binutils")
 
-# Expected first_string_field_offset, from the types' Go source:
-# errorString{s string}, wrapError{msg string; err error}, countError{n int; msg string}.
+# Where each type's message is (tracer.binary.govalues), from the types' Go source:
+# errorString{s string} and wrapError{msg string; err error} return that field from Error();
+# countError{n int; msg string} formats both (so no message is read from it); a panic's
+# plain string is its own message.
 CASES = {
     "*errors.errorString": 0,
     "*fmt.wrapError": 0,
@@ -36,6 +38,10 @@ CASES = {
     "string": 0,
     "int": None,
 }
+
+
+def message_offset(read, types_base: int, typ: int) -> int | None:
+    return GoMemory(read, types_base, None).error_layout(typ).message_offset
 
 
 def _short(dwarf_name: str) -> str:
@@ -66,7 +72,7 @@ def test_go119_itab_symbols(analyzed_cache):
             assert type_name(img.read, info.go_types_base, typ) == concrete
             assert (type_kind(img.read, typ) == KIND_POINTER) == concrete.startswith("*")
             if concrete in CASES:
-                assert first_string_field_offset(img.read, typ) == CASES[concrete], concrete
+                assert message_offset(img.read, info.go_types_base, typ) == CASES[concrete]
 
 
 @pytest.mark.parametrize("variant", ["opt", "pie"])
@@ -90,7 +96,7 @@ def test_every_dwarf_type_decodes(go_ver, variant, analyzed_cache):
                 assert type_kind(img.read, addr) == kind, name
             seen[_short(name)] = addr
         for name, want in CASES.items():
-            assert first_string_field_offset(img.read, seen[name]) == want, name
+            assert message_offset(img.read, info.go_types_base, seen[name]) == want, name
 
 
 def test_itab_type_pointer_go127(analyzed_cache):
@@ -118,7 +124,10 @@ def test_itab_type_pointer_go127(analyzed_cache):
             addr += 24 + 8 * max(1, methods)
         for name in ("*errors.errorString", "*fmt.wrapError", "*controllers.countError"):
             assert found[name] == want[name]
-            assert first_string_field_offset(read, found[name]) == CASES[name]
+            assert message_offset(read, info.go_types_base, found[name]) == CASES[name]
+        counted = GoMemory(read, info.go_types_base, None).error_layout(
+            found["*controllers.countError"])
+        assert set(counted.fields) == {"n", "msg"}  # read as fields, by name
 
 
 def test_read_name_rejects_garbage():

@@ -27,6 +27,7 @@ def analyze(path: str) -> BinaryInfo:
         if pcln is not None:
             info.language = "go"
             info.go_version = bi[0] if bi else None
+            info.go_modules = gobuildinfo.modules(bi[1]) if bi else {}
             _fill_go(img, info, pcln)
         elif bi is not None:
             # Go build info but no pclntab: packed or obfuscated. Symbols are all we have.
@@ -81,6 +82,7 @@ def _fill_go(img: ElfImage, info: BinaryInfo, pcln: PclnTab) -> None:
     info.functions = functions
     if md is not None and md.types is not None:
         info.go_types_base = md.types
+        info.go_types_end = md.etypes
     else:
         info.go_types_base = goruntime.types_base_from_sections(img)
     goid = goruntime.goid_offset_from_dwarf(img) if info.has_dwarf else None

@@ -83,6 +83,21 @@ def read_buildinfo(img: ElfImage) -> tuple[str, str] | None:
     return None
 
 
+def modules(raw: str) -> dict[str, str]:
+    """Module path -> version of every dependency in the raw module info ("dep PATH VERSION"
+    lines; a "=>" replacement that follows gives the version really built)."""
+    out: dict[str, str] = {}
+    last = None
+    for line in raw.splitlines():
+        parts = line.split("\t")
+        if parts[0] == "dep" and len(parts) >= 3:
+            last = parts[1]
+            out[last] = parts[2]
+        elif parts[0] == "=>" and last is not None and len(parts) >= 3 and parts[2]:
+            out[last] = parts[2]
+    return out
+
+
 _VERSION_RE = re.compile(r"go(\d+)\.(\d+)")
 
 

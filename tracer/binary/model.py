@@ -58,6 +58,9 @@ class BinaryInfo:
     go_pclntab_addr: int | None = None  # vaddr of the pcHeader
     go_moduledata_addr: int | None = None  # vaddr of runtime.firstmoduledata
     go_goid_source: str | None = None  # "dwarf" | "table" | None
+    go_types_end: int | None = None  # moduledata.etypes: type descriptors lie in [base, end)
+    # Module path -> version from the Go build info ("dep" and "=>" lines; works stripped).
+    go_modules: dict[str, str] = field(default_factory=dict)
     entry_point: int = 0  # ELF e_entry
     segments: tuple[Segment, ...] = field(default=(), repr=False)
     _by_name: dict[str, Function] | None = field(default=None, repr=False, compare=False)

@@ -9,7 +9,7 @@ from tracer.binary.analyze import find_functions, nearest_names
 from tracer.binary.disasm import go_post_prologue, native_entry, return_addresses
 from tracer.binary.model import BinaryInfo, Function
 from tracer.errors import UserError
-from tracer.probes import library, spec
+from tracer.probes import decoders, layouts, library, spec
 from tracer.probes.plan import (
     ENTRY,
     EXIT,
@@ -110,6 +110,7 @@ def compile_plan(info: BinaryInfo, symbol: str | None = None, capture_args: bool
         plan.choice = choice
         plan.notes.append(choice)
     if info.language == "go":
+        functions = layouts.resolve(info, functions, plan.notes)
         _compile_go(info, functions, plan)
     else:
         _compile_native(info, functions, plan)
@@ -193,6 +194,7 @@ def _compile_go(info: BinaryInfo, functions: list[tuple[Function, FunctionSpec]]
         )
     plan.go_goid_offset = info.go_goid_offset
     plan.go_types_base = info.go_types_base
+    plan.go_error_slots = [list(slot) for slot in decoders.error_slots(info.go_modules)]
     for fn, fs in functions:
         _add(plan, fn, fs)
         key = _point_key(fs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 # Roles of a point. entry/exit bracket a call; panic and recovery let a Go call that panicked
 # be closed when the runtime has recovered it (no RET ever runs for it).
@@ -52,6 +53,8 @@ class Plan:
     pie: bool = False
     go_goid_offset: int | None = None
     go_types_base: int | None = None
+    # Kernel uprobes: where an error's known fields are read (tracer.probes.decoders).
+    go_error_slots: list[tuple[int, str]] = field(default_factory=list)
     capture_args: bool = True
     probe_file: str | None = None  # the probe file the plan was compiled from, if any
     choice: str | None = None  # why this probe, when the tracer chose it
@@ -67,6 +70,7 @@ class Plan:
 
     def to_agent(self, bias: int, out_fd: int) -> dict:
         return {
+            "tracer_root": str(Path(__file__).resolve().parent.parent),
             "out_fd": out_fd,
             "bias": bias,
             "capture_args": self.capture_args,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tracer.errors import UserError
+from tracer.probes import decoders
 
 # What a matched function is to the trace.
 ROLE_RECONCILE = "reconcile"  # one span per call: the unit the views and reports count
@@ -33,16 +34,9 @@ KINDS = (KIND_CALL, KIND_RUST_ASYNC)
 
 LANGUAGES = ("go", "native")
 
-# Decoders the backends understand, by where they run. Each names registers of the ABI at
-# that point (Go's register ABI after the prologue / at RET; System V for native code).
-ENTRY_DECODERS = {
-    "go": ("cr-request", "go-key", "go-key-ctx", "go-duration-arg"),
-    "native": ("native-args",),
-}
-EXIT_DECODERS = {
-    "go": ("cr-result", "go-error", "go-duration"),
-    "native": ("native-return",),
-}
+# Decoders a probe file may name: the contract with the backends (tracer.probes.decoders).
+ENTRY_DECODERS = decoders.ENTRY_DECODERS
+EXIT_DECODERS = decoders.EXIT_DECODERS
 
 TOP_KEYS = {"name", "description", "language", "specific", "function"}
 FUNCTION_KEYS = {"match", "exclude", "role", "key", "entry", "exit", "kind", "poll", "drop",
@@ -181,14 +175,25 @@ def _string(table: dict, key: str, fail, index: int | None = None) -> str | None
 
 
 def _regex(table: dict, key: str, fail, index: int) -> re.Pattern[str] | None:
+    """A probe file's regex, compiled within limits (see LimitedPattern): a probe file may
+    come from anyone, and its regex is matched against every function name of a binary."""
+    import regex
+
     text = _string(table, key, fail, index)
     if text is None:
         return None
+    if len(text) > MAX_REGEX_CHARS:
+        fail(f"{key} is {len(text):,} characters long: a probe's regex may have at most "
+             f"{MAX_REGEX_CHARS:,} ({short_quote(text)})", key, index)
+    if _nesting(text) > MAX_REGEX_NESTING:
+        fail(f"{key} nests groups more than {MAX_REGEX_NESTING} deep ({short_quote(text)})",
+             key, index)
     try:
-        return re.compile(text)
-    except re.error as exc:
-        fail(f"{key} is not a valid regular expression: {exc}", key, index)
-    return None
+        compiled = regex.compile(text)
+    except (regex.error, RecursionError, OverflowError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        fail(f"{key} is not a valid regular expression: {reason}", key, index)
+    return LimitedPattern(text, compiled, lambda message: fail(message, key, index))
 
 
 def _choice(table: dict, key: str, choices, default, fail, index: int):
@@ -224,12 +229,12 @@ def _function(table: dict, index: int, language: str, lines: _Lines, fail) -> Fu
             fail("kind = \"rust-async\" is keyed by the future: key = \"future\"", "key", index)
     elif key == KEY_FUTURE:
         fail("key = \"future\" needs kind = \"rust-async\"", "key", index)
-    for where, decoders in (("entry", ENTRY_DECODERS), ("exit", EXIT_DECODERS)):
+    for where, known in (("entry", ENTRY_DECODERS), ("exit", EXIT_DECODERS)):
         value = _string(table, where, fail, index)
         # rust-async decoders belong to tracer.probes.rust_async, which checks its own.
-        if value is not None and kind == KIND_CALL and value not in decoders[language]:
+        if value is not None and kind == KIND_CALL and value not in known[language]:
             fail(f"{where} decoder {value!r} is not one for {language} code (known: "
-                 f"{', '.join(decoders[language])})", where, index)
+                 f"{', '.join(known[language])})", where, index)
     for key_name in ("poll", "drop"):
         if key_name in table and kind != KIND_RUST_ASYNC:
             fail(f"{key_name} is for kind = \"rust-async\" only", key_name, index)
@@ -243,3 +248,63 @@ def _function(table: dict, index: int, language: str, lines: _Lines, fail) -> Fu
         description=_string(table, "description", fail, index) or "",
         line=lines.table(index) or 0,
     )
+
+
+# Limits on a probe file's regexes. Real ones are a few dozen characters; matching uses the
+# `regex` engine, whose matches take a timeout, against a budget per pattern for the whole
+# process (a binary of 111,000 functions takes about 0.1 s to scan with a sane pattern).
+MAX_REGEX_CHARS = 1_000
+MAX_REGEX_NESTING = 50
+REGEX_BUDGET_S = 5.0
+
+
+def short_quote(text: str, limit: int = 60) -> str:
+    """At most `limit` characters of outside text for a message, with its length if cut."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _nesting(text: str) -> int:
+    """How deep unescaped parentheses nest (an upper bound: classes are not parsed)."""
+    depth = deepest = 0
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+class LimitedPattern:
+    """A compiled probe regex whose search() may spend REGEX_BUDGET_S in all: one with
+    catastrophic backtracking ends in a one-line error naming the probe file, not a hang."""
+
+    def __init__(self, text: str, compiled, fail) -> None:
+        self.pattern = text
+        self._rx = compiled
+        self._fail = fail
+        self._spent = 0.0
+
+    def search(self, string: str, *args):
+        import time
+
+        remaining = REGEX_BUDGET_S - self._spent
+        start = time.monotonic()
+        try:
+            return self._rx.search(string, *args, timeout=max(remaining, 0.001))
+        except TimeoutError:
+            self._fail(f"the regular expression {short_quote(self.pattern)} took more than "
+                       f"{REGEX_BUDGET_S:g} s to match the binary's function names "
+                       "(catastrophic backtracking): simplify it")
+        finally:
+            self._spent += time.monotonic() - start
+
+    def __repr__(self) -> str:
+        return f"LimitedPattern({short_quote(self.pattern)})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tracer.probes import decoders
 from tracer.probes.plan import (
     ENTRY,
     EXIT,
@@ -277,10 +278,16 @@ def _innermost_reconcile(stack: list[OpenCall]) -> int | None:
 
 
 def _error(value: object) -> dict | None:
-    if not value:
+    """An error or panic as the trace keeps it: type, message (null unless the type's
+    Error() is known to return it), and what else its type gives (reason and code of a
+    Kubernetes API error; `fields` of a struct the tracer does not know)."""
+    if not value or not isinstance(value, list):
         return None
-    type_name, message = value  # type: ignore[misc]
-    return {"type": type_name, "message": message}
+    type_name, message, *rest = value
+    error = {"type": type_name, "message": message}
+    if rest and isinstance(rest[0], dict):
+        error.update(rest[0])
+    return error
 
 
 def _request_from_key(key: object) -> dict | None:
@@ -297,27 +304,28 @@ def decode_span(span: dict, language: str, entry: object, exit_value: object,
     """Turn the agent's compact captures into the trace file's named fields; the decoders
     (see the gdb agent) say what each capture holds."""
     if language == "go":
+        entry_fields = decoders.named(entry_decode, entry)
+        exit_fields = decoders.named(exit_decode, exit_value)
         span["request"] = None
-        if entry_decode in ("go-key", "go-key-ctx"):
-            span["key"] = entry
-            span["request"] = _request_from_key(entry)
-        elif entry_decode == "go-duration-arg":
-            span["last_interval_ns"] = entry
-        elif isinstance(entry, list):
-            span["request"] = {"namespace": entry[0], "name": entry[1]}
+        if "key" in entry_fields:
+            span["key"] = entry_fields["key"]
+            span["request"] = _request_from_key(entry_fields["key"])
+        elif "duration" in entry_fields:
+            span["last_interval_ns"] = entry_fields["duration"]
+        elif "name" in entry_fields:
+            span["request"] = {"namespace": entry_fields["namespace"],
+                               "name": entry_fields["name"]}
         span["result"] = None
-        span["error"] = None
-        if exit_decode == "go-error":
-            span["error"] = _error(exit_value)
-        elif exit_decode == "go-duration":
+        if "requeue" in exit_fields:
+            span["result"] = {"requeue": bool(exit_fields["requeue"]),
+                              "requeue_after_ns": exit_fields["requeue_after_ns"]}
+            if "priority" in exit_fields:
+                span["result"]["priority"] = exit_fields["priority"]
+        elif "duration" in exit_fields and isinstance(exit_fields["duration"], int):
             # A loop that returns when to run next (ArangoDB's inspectDeployment): the
             # same fact as a RequeueAfter.
-            if isinstance(exit_value, int):
-                span["result"] = {"requeue": False, "requeue_after_ns": exit_value}
-        elif isinstance(exit_value, list):
-            requeue, after, error = exit_value
-            span["result"] = {"requeue": bool(requeue), "requeue_after_ns": after}
-            span["error"] = _error(error)
+            span["result"] = {"requeue": False, "requeue_after_ns": exit_fields["duration"]}
+        span["error"] = _error(exit_fields.get("error"))
         span["panic"] = _error(panic)
     else:
         span["args"] = entry if isinstance(entry, list) else None

@@ -1,10 +1,7 @@
 """Turn what Delve reports at a breakpoint into the values the gdb agent captures.
 
-The value shapes are the gdb agent's (tracer/backends/gdb/agent.py), so spans are the same
-whichever backend recorded them:
-  cr-request  [namespace, name]
-  cr-result   [requeue, requeue_after_ns, [error type, message] | None]
-  go-panic    [type, message]
+The value shapes are the contract's (tracer/probes/decoders.py), so spans are the same
+whichever backend recorded them.
 
 Two ways to read them:
 - by name: Delve loads the function's arguments and results from DWARF (`LoadArgs` on the
@@ -21,13 +18,11 @@ from __future__ import annotations
 
 import base64
 import re
-import struct
 from collections.abc import Callable
 
-from tracer.binary import gotypes
+from tracer.binary.govalues import MAX_MESSAGE, MAX_NAME, GoMemory
+from tracer.probes import decoders
 
-MAX_NAME = 256
-MAX_MESSAGE = 1024
 EXAMINE_MAX = 1000  # Delve's ExamineMemory refuses longer reads
 
 # api.Variable flags and reflect kinds as Delve reports them.
@@ -93,91 +88,12 @@ def examine_reader(call: Callable[..., dict]) -> Read:
     return read
 
 
-class Memory:
-    """Decoding over a read(addr, n) callable, with the type caches a run keeps."""
+class Memory(GoMemory):
+    """The shared Go value decoding (tracer.binary.govalues) over Delve's memory reads."""
 
-    def __init__(self, read: Read, types_base: int | None, goid_offset: int | None) -> None:
-        self.read = read
-        self.types_base = types_base
-        self.goid_offset = goid_offset
-        self.capture_args = True
-        self._types: dict[int, tuple[str, int | None]] = {}
-        self._itabs: dict[int, int] = {}
-
-    def u64(self, addr: int) -> int:
-        return struct.unpack("<Q", self.read(addr, 8))[0]
-
-    def string(self, ptr: int, length: int, limit: int) -> str | None:
-        if length < 0 or length >= 1 << 62 or (ptr == 0 and length != 0):
-            return None
-        if length == 0:
-            return ""
-        return self.read(ptr, min(length, limit)).decode("utf-8", "replace")
-
-    def goid(self, g: int) -> int | None:
-        if not g or self.goid_offset is None:
-            return None
-        return self.u64(g + self.goid_offset)
-
-    def type_info(self, type_addr: int) -> tuple[str, int | None]:
-        """(runtime type name, offset of a message string in the value or None), cached:
-        a type descriptor is static for the life of the process."""
-        cached = self._types.get(type_addr)
-        if cached is None:
-            if self.types_base is None:
-                name = f"0x{type_addr:x}"
-            else:
-                name = gotypes.type_name(self.read, self.types_base, type_addr)
-            cached = (name, gotypes.first_string_field_offset(self.read, type_addr))
-            self._types[type_addr] = cached
-        return cached
-
-    def itab_type(self, itab: int) -> int:
-        cached = self._itabs.get(itab)
-        if cached is None:
-            cached = self._itabs[itab] = self.u64(itab + 8)
-        return cached
-
-    def interface_value(self, type_addr: int, data: int) -> list | None:
-        """[type name, message or None] for an interface value (type, data word)."""
-        if type_addr == 0:
-            return None
-        name, offset = self.type_info(type_addr)
-        message = None
-        if offset is not None and data and self.capture_args:
-            header = data + offset
-            message = self.string(self.u64(header), self.u64(header + 8), MAX_MESSAGE)
-        return [name, message]
-
-    # -- the gdb agent's decoders, from registers ------------------------------------------
     def decode_registers(self, decoder: str | None, reg: dict[str, int]):
-        if decoder == "cr-request":
-            if not self.capture_args:
-                return None
-            return [self.string(reg["rdi"], reg["rsi"], MAX_NAME),
-                    self.string(reg["r8"], reg["r9"], MAX_NAME)]
-        if decoder == "cr-result":
-            itab = reg["rcx"]
-            error = self.interface_value(self.itab_type(itab), reg["rdi"]) if itab else None
-            rbx = reg["rbx"]
-            if rbx >= 1 << 63:
-                rbx -= 1 << 64
-            return [reg["rax"] & 0xFF != 0, rbx, error]
-        if decoder == "go-panic":
-            return self.interface_value(reg["rax"], reg["rbx"])
-        # Probe-file decoders (docs/probes.md), as in the gdb agent.
-        if decoder in ("go-key", "go-key-ctx"):
-            if not self.capture_args:
-                return None
-            ptr, length = ("rbx", "rcx") if decoder == "go-key" else ("rdi", "rsi")
-            return self.string(reg[ptr], reg[length], MAX_NAME)
-        if decoder == "go-error":
-            itab = reg["rax"]
-            return self.interface_value(self.itab_type(itab), reg["rbx"]) if itab else None
-        if decoder in ("go-duration", "go-duration-arg"):
-            value = reg["rax" if decoder == "go-duration" else "rbx"]
-            return value - (1 << 64) if value >= 1 << 63 else value
-        return None
+        """The value of `decoder` from the registers of a hit (the contract's decoders)."""
+        return decoders.decode(decoder, reg.__getitem__, self)
 
 
 # -- by name, from the Variables Delve loaded ------------------------------------------------
@@ -235,27 +151,6 @@ def results(args: list[dict]) -> tuple[dict, dict]:
     return result, error
 
 
-def message_by_name(concrete: dict) -> str | None:
-    """The value's first field when it is a string at offset 0 (or the value itself when it
-    is a string): what the gdb agent reads from the type descriptor."""
-    kind = concrete.get("kind")
-    if kind == KIND_STRING:
-        return concrete.get("value")
-    if kind == KIND_PTR:
-        children = concrete.get("children") or []
-        if not children:
-            return None
-        concrete = children[0]
-        kind = concrete.get("kind")
-    if kind != KIND_STRUCT:
-        return None
-    fields = concrete.get("children") or []
-    if fields and fields[0].get("kind") == KIND_STRING and fields[0].get("addr") == concrete.get(
-            "addr") and not fields[0].get("unreadable"):
-        return fields[0].get("value")
-    return None
-
-
 def _int_value(var: dict) -> int:
     """An integer as Delve formats it: "1500", or "Millisecond (1000000)" when the value
     equals a constant of its type (or of any package: "main.backoffBase (5000000)")."""
@@ -276,24 +171,30 @@ def frame_key(args: list[dict]) -> int | None:
 
 
 def result_by_name(args: list[dict], memory: Memory) -> list:
-    """[requeue, requeue_after_ns, error] from the results Delve loaded at a RET. The
-    error's type name is read from its itab (one memory read, then cached)."""
+    """[requeue, requeue_after_ns, error(, priority)] from the results Delve loaded at a
+    RET. The error is decoded from its itab and data word in memory, like the other
+    backends do (its message only for the types whose Error() is known)."""
     result, error = results(args)
     requeue = _child(result, "Requeue")
     after = _child(result, "RequeueAfter")
+    priority = _child(result, "Priority")
     requeue_v = requeue is not None and _check(requeue).get("value") == "true"
     after_v = _int_value(_check(after)) if after is not None else 0
     concrete = (error.get("children") or [None])[0]
-    if concrete is None or concrete.get("kind") == KIND_INVALID or (
+    value = None
+    if concrete is not None and concrete.get("kind") != KIND_INVALID and not (
             concrete.get("type") == "void" and not concrete.get("addr")):
-        return [requeue_v, after_v, None]
-    _check(concrete)
-    name = None
-    if error.get("addr") and not error.get("flags", 0) & FLAG_FAKE_ADDRESS:
-        itab = memory.u64(int(error["addr"]))
-        if itab:
-            name = memory.type_info(memory.itab_type(itab))[0]
-    if name is None:
-        name = shorten_type(concrete.get("type", "?"))
-    message = message_by_name(concrete) if memory.capture_args else None
-    return [requeue_v, after_v, [name, message]]
+        _check(concrete)
+        if error.get("addr") and not error.get("flags", 0) & FLAG_FAKE_ADDRESS:
+            address = int(error["addr"])
+            value = memory.iface_error(memory.u64(address), memory.u64(address + 8))
+        else:
+            value = [shorten_type(concrete.get("type", "?")), None, None]
+    if priority is None:
+        return [requeue_v, after_v, value]
+    _check(priority)
+    # A pointer's one child is the value it points at; a nil pointer's has address 0.
+    target = (priority.get("children") or [None])[0]
+    if target is None or not target.get("addr"):
+        return [requeue_v, after_v, value, None]
+    return [requeue_v, after_v, value, _int_value(_check(target))]

@@ -5,31 +5,37 @@ module (gdb's Python is the system one, not the tracer's virtualenv). Every hit 
 `stop()` and written as one JSON line to a pipe the controller reads; there is no round trip
 to the controller, which is what keeps a hit near 100 µs instead of a millisecond (MI).
 
-Hit line: [ts_ns, point, lwp, goid, sp, value, handler_ns]
-  ts_ns  CLOCK_MONOTONIC, taken first thing in stop()
-  point  index into the plan's points
-  goid   goroutine id (Go), the future's address (key "future": Rust async), or null
-  sp     stack pointer, used by the controller to drop re-executed breakpoints
-  value  what the point's decoder captured (see Agent.decode), or null
-  handler_ns  time spent in this handler before writing: the agent's share of the stop
-Control lines (not hits) are JSON objects: {"marker": n}, {"agent_error": "..."}.
+The hit line, the decoders and their values are the contract in tracer/probes/decoders.py,
+imported here from the tracer's own source (its package __init__ files are not run: they
+import libraries gdb's Python does not have).
 """
 
 import ctypes
 import json
 import os
 import signal
+import sys
 import time
+import types
 
 import gdb  # type: ignore[import-not-found]
 
-MAX_NAME = 256
-MAX_MESSAGE = 1024
-KIND_MASK = 0x1F
-KIND_PTR = 22
-KIND_STRING = 24
-KIND_STRUCT = 25
-TFLAG_EXTRA_STAR = 2
+
+def _import_contract(root: str) -> None:
+    """tracer.probes.decoders and tracer.binary.govalues from the tracer's source folder
+    `root` (the plan names it), as plain modules: the packages' __init__ files are skipped."""
+    global decoders, govalues
+    for name, folder in (("tracer", root), ("tracer.binary", os.path.join(root, "binary")),
+                         ("tracer.probes", os.path.join(root, "probes"))):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [folder]
+            sys.modules[name] = package
+    from tracer.binary import govalues
+    from tracer.probes import decoders
+
+
+decoders = govalues = None  # set by tracer_arm
 
 
 PTRACE_GETREGS = 12
@@ -119,7 +125,6 @@ class Agent:
         self.broken = False
         self.errors = 0
         self.hits = 0
-        self.type_cache: dict[int, tuple[str, int | None]] = {}
         self.dropped = 0
         # Rust futures: addresses being polled, per thread; parsed rust-poll decoders.
         self.polling: dict[int, list[int]] = {}
@@ -128,6 +133,8 @@ class Agent:
         self.current_function = ""
         self.rust_requests: dict[str, dict] = plan.get("rust_requests") or {}
         self.rust_results: dict[str, dict] = plan.get("rust_results") or {}
+        self.mem = govalues.GoMemory(self.read, self.types_base, self.goid_offset)
+        self.mem.capture_args = self.capture_args
         os.set_blocking(self.fd, False)
         self.ptrace: PtraceRegisters | None = None
         self.mem_fd: int | None = None
@@ -254,124 +261,12 @@ class Agent:
         return int.from_bytes(self.read(addr, 8), "little")
 
     def string(self, ptr: int, length: int, limit: int) -> str | None:
-        if length < 0 or (ptr == 0 and length != 0):
-            return None
-        if length == 0:
-            return ""
-        return self.read(ptr, min(length, limit)).decode("utf-8", "replace")
-
-    def type_info(self, type_addr: int) -> tuple[str, int | None]:
-        """(type name, offset of a message string in the pointed-to value or None); cached
-        because a type's descriptor is static for the life of the process."""
-        cached = self.type_cache.get(type_addr)
-        if cached is not None:
-            return cached
-        name = self.type_name(type_addr)
-        info = (name, self.message_offset(type_addr))
-        self.type_cache[type_addr] = info
-        return info
-
-    def type_name(self, type_addr: int) -> str:
-        if self.types_base is None:
-            return f"0x{type_addr:x}"
-        tflag = self.read(type_addr + 20, 1)[0]
-        name_off = int.from_bytes(self.read(type_addr + 40, 4), "little", signed=True)
-        name_addr = self.types_base + name_off
-        raw = self.read(name_addr, 1 + 10)
-        length, shift, i = 0, 0, 1
-        while True:
-            b = raw[i]
-            length |= (b & 0x7F) << shift
-            i += 1
-            if not b & 0x80:
-                break
-            shift += 7
-        name = self.read(name_addr + i, min(length, MAX_NAME)).decode("utf-8", "replace")
-        if tflag & TFLAG_EXTRA_STAR and name.startswith("*"):
-            name = name[1:]
-        return name
-
-    def kind(self, type_addr: int) -> int:
-        return self.read(type_addr + 23, 1)[0] & KIND_MASK
-
-    def message_offset(self, type_addr: int) -> int | None:
-        """Where the value keeps its message: the first field when it is a string (how
-        errors.errorString, fmt.wrapError and most custom errors keep it). An interface's
-        data word always points at the value (or is the pointer, for pointer types), so the
-        string header sits at data + this offset in every case."""
-        kind = self.kind(type_addr)
-        if kind == KIND_STRING:
-            return 0
-        if kind == KIND_PTR:
-            elem = self.u64(type_addr + 48)
-            if elem and self.kind(elem) == KIND_STRUCT and self.first_field_is_string(elem):
-                return 0
-        if kind == KIND_STRUCT and self.first_field_is_string(type_addr):
-            return 0
-        return None
-
-    def first_field_is_string(self, struct_type: int) -> bool:
-        fields_ptr = self.u64(struct_type + 56)
-        fields_len = self.u64(struct_type + 64)
-        if not fields_ptr or not fields_len:
-            return False
-        first_type = self.u64(fields_ptr + 8)
-        first_offset = self.u64(fields_ptr + 16)
-        return first_offset == 0 and self.kind(first_type) == KIND_STRING
-
-    def decode_value(self, type_addr: int, data: int) -> list | None:
-        """[type name, message or None] for an interface value (type or itab's type, data)."""
-        if type_addr == 0:
-            return None
-        name, offset = self.type_info(type_addr)
-        message = None
-        if offset is not None and data and self.capture_args:
-            header = data + offset
-            message = self.string(self.u64(header), self.u64(header + 8), MAX_MESSAGE)
-        return [name, message]
+        return self.mem.string(ptr, length, limit)
 
     def decode(self, reg, decoder: str):
-        if decoder == "cr-request":
-            if not self.capture_args:
-                return None
-            return [
-                self.string(int(reg("rdi")), int(reg("rsi")), MAX_NAME),
-                self.string(int(reg("r8")), int(reg("r9")), MAX_NAME),
-            ]
-        if decoder == "cr-result":
-            itab = int(reg("rcx"))
-            error = None
-            if itab:
-                type_addr = self.u64(itab + 8)
-                error = self.decode_value(type_addr, int(reg("rdi")))
-            rbx = int(reg("rbx"))
-            if rbx >= 1 << 63:
-                rbx -= 1 << 64
-            return [int(reg("rax")) & 0xFF != 0, rbx, error]
-        if decoder == "go-panic":
-            return self.decode_value(int(reg("rax")), int(reg("rbx")))
-        # Probe-file decoders for other Go shapes (docs/probes.md): a workqueue key string
-        # after the receiver (RBX/RCX) or after receiver and ctx (RDI/RSI); a lone error
-        # result (itab RAX, data RBX); a time.Duration argument (RBX) or result (RAX).
-        if decoder in ("go-key", "go-key-ctx"):
-            if not self.capture_args:
-                return None
-            ptr, length = ("rbx", "rcx") if decoder == "go-key" else ("rdi", "rsi")
-            return self.string(int(reg(ptr)), int(reg(length)), MAX_NAME)
-        if decoder == "go-error":
-            itab = int(reg("rax"))
-            return self.decode_value(self.u64(itab + 8), int(reg("rbx"))) if itab else None
-        if decoder in ("go-duration", "go-duration-arg"):
-            value = int(reg("rax" if decoder == "go-duration" else "rbx"))
-            return value - (1 << 64) if value >= 1 << 63 else value
-        if decoder == "native-args":
-            return [int(reg("rdi")), int(reg("rsi"))] if self.capture_args else None
-        if decoder == "native-return":
-            rax = int(reg("rax"))
-            return rax - (1 << 64) if rax >= 1 << 63 else rax
         if decoder.startswith("rust-poll"):
             return self.rust_poll(reg, decoder)
-        return None
+        return decoders.decode(decoder, reg, self.mem)
 
     # -- Rust futures (see tracer/probes/rust_async.py) -------------------------------------
     def future(self, reg, point: dict, lwp: int) -> int | None:
@@ -446,7 +341,8 @@ class Agent:
         where = layout["messages"].get(variant or "")
         if where is None:
             return None
-        return self.string(self.u64(slot + where[0]), self.u64(slot + where[1]), MAX_MESSAGE)
+        return self.string(self.u64(slot + where[0]), self.u64(slot + where[1]),
+                           govalues.MAX_MESSAGE)
 
     def rust_string(self, addr: int, steps: list) -> str | None:
         """Follow a request_layout path from the future to a string (None: an Option that
@@ -465,7 +361,7 @@ class Agent:
                                          "little")
                     if option["values"].get(str(tag), option["default"]) != "Some":
                         return None
-                return self.string(self.u64(addr + ptr), self.u64(addr + length), MAX_NAME)
+                return self.string(self.u64(addr + ptr), self.u64(addr + length), govalues.MAX_NAME)
         return None
 
     def goid(self, reg, key: str) -> int | None:
@@ -543,6 +439,7 @@ def tracer_arm(plan_path: str) -> None:
     global _agent
     with open(plan_path) as f:
         plan = json.load(f)
+    _import_contract(plan["tracer_root"])
     _agent = Agent(plan)
     count = _agent.arm()
     print(f"tracer-armed {count}")
@@ -559,6 +456,7 @@ def tracer_capture(on: bool) -> None:
     """Turn the optional decoding (names, messages) on or off while running."""
     if _agent is not None:
         _agent.capture_args = on
+        _agent.mem.capture_args = on
     print(f"tracer-capture {int(on)}")
 
 

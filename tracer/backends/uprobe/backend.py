@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable
 
 from tracer.backends.uprobe import calibrate, placement, ringbuf, tracefs
-from tracer.binary import gotypes
+from tracer.binary.govalues import GoMemory
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
+from tracer.probes import decoders
 from tracer.probes.plan import ENTRY, EXIT, KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
 from tracer.targets.process import mapped_at
 
-NAME_BYTES = 64  # a namespace (63 at most) in one u64[8]
-STRING_BYTES = 256  # names, keys, messages: one u64[32] each (the gdb agent keeps 1,024)
 TICK_S = 0.02  # the reader reads every CPU's pages this often, never woken per event
 SETTLE_NS = 10_000_000  # an event is committed this soon after its timestamp: older ones
 # from every CPU are all in, so they can be put in time order and handed over
@@ -36,7 +35,8 @@ def check_uprobe(info: BinaryInfo) -> str:
     return "uprobe: kernel uprobes on a private trace instance, read raw, timestamps in ns"
 
 
-def _fetchargs(point: Point, goid_offset: int | None, branch: bool = False) -> str:
+def _fetchargs(point: Point, goid_offset: int | None, branch: bool = False,
+               slots: decoders.ErrorSlots = decoders.STD_ERROR_SLOTS) -> str:
     """What the kernel reads at each hit. Each string is one array behind one pointer chain:
     a nil pointer (no error, the common case) then faults once, not once per array (a fault
     costs about a microsecond here; measured in scripts/bench-fetchargs)."""
@@ -47,36 +47,8 @@ def _fetchargs(point: Point, goid_offset: int | None, branch: bool = False) -> s
         args.append(f"goid=+{goid_offset}(%r14):s64")
     elif point.key == KEY_GOID_FROM_ARG and goid_offset is not None:
         args.append(f"goid=+{goid_offset}(%ax):s64")
-    if point.decode == "cr-request":
-        args += ["nsl=%si:s64", f"ns=+0(%di):u64[{NAME_BYTES // 8}]", "nml=%r9:s64",
-                 _string("nm", "%r8")]
-    elif point.decode == "cr-result":
-        args += ["rq=%ax:u8", "ra=%bx:s64", "itab=%cx:u64", "eml=+8(%di):s64",
-                 _string("em", "+0(%di)")]
-    elif point.decode == "go-panic":
-        args += ["pt=%ax:u64", "pml=+8(%bx):s64", _string("pm", "+0(%bx)")]
-    elif point.decode in ("go-key", "go-key-ctx"):
-        ptr, length = ("%bx", "%cx") if point.decode == "go-key" else ("%di", "%si")
-        args += [f"kl={length}:s64", _string("k", ptr)]
-    elif point.decode == "go-error":
-        args += ["itab=%ax:u64", "eml=+8(%bx):s64", _string("em", "+0(%bx)")]
-    elif point.decode in ("go-duration", "go-duration-arg"):
-        args.append("dur=%ax:s64" if point.decode == "go-duration" else "dur=%bx:s64")
-    elif point.decode == "native-args":
-        args += ["a0=%di:s64", "a1=%si:s64"]
-    elif point.decode == "native-return":
-        args += ["ret=%ax:s64"]
+    args += decoders.fetchargs(point.decode, slots)
     return " ".join(args)
-
-
-def _string(name: str, pointer: str) -> str:
-    """A Go string's bytes as one u64 array (eight-byte reads cost far less than one-byte
-    ones: the kernel fetches an array element by element)."""
-    return f"{name}=+0({pointer}):u64[{STRING_BYTES // 8}]"
-
-
-def _text(data: bytes, length: int) -> str:
-    return data[: max(0, length)].decode("utf-8", "replace")
 
 
 class _Event:
@@ -126,10 +98,8 @@ class UprobeBackend:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._marker = 0
-        self._types: dict[int, tuple[str, int | None]] = {}
-        # An itab's type never changes: read once, so hits read after the operator has
-        # exited still decode errors of the types seen before.
-        self._itab_types: dict[int, int] = {}
+        self._memory: GoMemory | None = None  # error types, read from the operator
+        self._slots: decoders.ErrorSlots = decoders.STD_ERROR_SLOTS
         self._mem: int | None = None
         self.capture = True
         self._layout = ringbuf.PageLayout()
@@ -201,6 +171,7 @@ class UprobeBackend:
             raise UserError("Rust async spans (probe kind \"rust-async\") need --backend gdb: "
                             "kernel uprobes cannot follow a future from a poll to its return")
         self.plan = plan
+        self._slots = tuple((off, kind) for off, kind in plan.go_error_slots)
         # tracer run: the process still runs the parker; the probes go on the program's file.
         exe = os.path.realpath(plan.binary if self._release else f"/proc/{self.pid}/exe")
         info = analyze(exe)
@@ -209,8 +180,8 @@ class UprobeBackend:
         for index, (point, where) in enumerate(zip(plan.points, self.placements, strict=True)):
             offset = info.file_offset(where.addr)
             event = f"p{index}"
-            definitions.append(f"p:{self.group}/{event} {exe}:0x{offset:x} "
-                               f"{_fetchargs(point, plan.go_goid_offset, where.branch)}")
+            fetch = _fetchargs(point, plan.go_goid_offset, where.branch, self._slots)
+            definitions.append(f"p:{self.group}/{event} {exe}:0x{offset:x} {fetch}")
             self.events.append(event)
         self.points = plan.points
         self._remove()  # a run on this PID killed before it cleaned up
@@ -257,8 +228,9 @@ class UprobeBackend:
             f.seek(info.file_offset(where.addr))
             code = f.read(16)
         self.cost = calibrate.measure(self.root, self.instance, self.group, code,
-                                      _fetchargs(entry, plan.go_goid_offset, where.branch),
-                                      _fetchargs(exit_, plan.go_goid_offset))
+                                      _fetchargs(entry, plan.go_goid_offset, where.branch,
+                                                 self._slots),
+                                      _fetchargs(exit_, plan.go_goid_offset, False, self._slots))
 
     def header_fields(self) -> dict:
         """For the trace header: what a hit costs the operator, and how that was measured."""
@@ -370,65 +342,26 @@ class UprobeBackend:
             self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
         return os.pread(self._mem, size, addr)
 
-    def _type(self, type_addr: int) -> tuple[str, int | None]:
-        cached = self._types.get(type_addr)
-        if cached is None:
+    def _type_of(self, word: int, kind: str) -> int | None:
+        """The concrete type of an error's first word: an itab's type (read once: an itab
+        never changes), or the word itself for a panic's empty interface. None when the
+        operator has exited before a new itab could be read."""
+        if kind != decoders.ERROR:
+            return word
+        try:
+            return self._go().itab_type(word)
+        except (OSError, ValueError, struct.error):
+            return None
+
+    def _go(self) -> GoMemory:
+        if self._memory is None:
             base = self.plan.go_types_base if self.plan else None
-            try:
-                name = gotypes.type_name(self._read_mem, base, type_addr) if base else \
-                    f"0x{type_addr:x}"
-                offset = gotypes.first_string_field_offset(self._read_mem, type_addr)
-            except Exception:  # noqa: BLE001 - a type we cannot read keeps its address
-                name, offset = f"0x{type_addr:x}", None
-            cached = self._types[type_addr] = (name, offset)
-        return cached
-
-    def _interface(self, type_addr: int, f: dict, prefix: str) -> list | None:
-        if type_addr == 0:
-            return None
-        name, offset = self._type(type_addr)
-        message = None
-        if offset == 0 and self.capture:
-            message = _text(f[prefix], f[prefix + "l"])
-        return [name, message]
-
-    def _error(self, itab: int, f: dict) -> list | None:
-        if not itab:
-            return None
-        type_addr = self._itab_types.get(itab)
-        if type_addr is None:
-            try:
-                raw = self._read_mem(itab + 8, 8)
-            except OSError:
-                raw = b""
-            if len(raw) != 8:
-                # The operator has exited (its last hits are read after it): there was an
-                # error, of a type not seen before and no longer readable.
-                return [f"itab 0x{itab:x}", None]
-            type_addr = self._itab_types[itab] = int.from_bytes(raw, "little")
-        return self._interface(type_addr, f, "em")
+            self._memory = GoMemory(self._read_mem, base, None)
+        return self._memory
 
     def _value(self, point: Point, f: dict):
-        decode = point.decode
-        if decode == "cr-request":
-            if not self.capture:
-                return None
-            return [_text(f["ns"], f["nsl"]), _text(f["nm"], f["nml"])]
-        if decode == "cr-result":
-            return [f["rq"] != 0, f["ra"], self._error(f["itab"], f)]
-        if decode == "go-panic":
-            return self._interface(f["pt"], f, "pm")
-        if decode in ("go-key", "go-key-ctx"):
-            return _text(f["k"], f["kl"]) if self.capture else None
-        if decode == "go-error":
-            return self._error(f["itab"], f)
-        if decode in ("go-duration", "go-duration-arg"):
-            return f["dur"]
-        if decode == "native-args":
-            return [f["a0"], f["a1"]]
-        if decode == "native-return":
-            return f["ret"]
-        return None
+        return decoders.from_fetched(point.decode, f, self._go(), self.capture, self._type_of,
+                                     self._slots)
 
     # -- while running ----------------------------------------------------------------------
     def poll(self, timeout: float) -> str | None:

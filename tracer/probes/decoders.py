@@ -1,0 +1,290 @@
+"""The contract between probes and backends: which decoders exist, which registers each one
+reads, and the shape of the value it captures. Written once here; the gdb agent, the Delve
+client and the uprobe reader all derive from it (`decode`, `fetchargs`, `from_fetched`), and
+the pairer names the values by it (`named`).
+
+A backend's hit line: [ts_ns, point, lwp, goid, sp, value, handler_ns]
+  ts_ns       CLOCK_MONOTONIC of the hit
+  point       index into the plan's points
+  lwp         the OS thread
+  goid        goroutine id (Go), the future's address (key "future": Rust async), or null
+  sp          stack pointer, pairs an entry with its return
+  value       what the point's decoder captured (below), or null
+  handler_ns  the tracer's own time in the stop (0 where nothing stops)
+Control lines are JSON objects: {"marker": n}, {"agent_error": "...", "point": i}.
+
+Registers are those of Go's register ABI (amd64: integer arguments and results in RAX, RBX,
+RCX, RDI, RSI, R8, R9, R10, R11, in order, a struct's fields flattened) after the prologue or
+at a RET, and System V's for native code. A Go error is an interface: (itab, data); a panic's
+value an empty interface: (type, data). Standard library only: the gdb agent imports this
+module inside gdb's own Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tracer.binary.gotypes import KIND_INT32, KIND_STRING
+from tracer.binary.govalues import MAX_MESSAGE, MAX_NAME, GoMemory
+
+STRING = "string"  # (pointer, length) registers
+BOOL = "bool"  # the low byte of a register
+INT = "int"  # a signed 64-bit register
+INT_PTR = "int-ptr"  # a *int in a register: the int, or None for nil
+ERROR = "error"  # (itab, data): [type, message, extra] or None
+PANIC_VALUE = "eface"  # (type, data) of an empty interface: as an error
+
+ENTRY = "entry"
+EXIT = "exit"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # the value's name in the trace (see `named`)
+    kind: str
+    regs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decoder:
+    name: str
+    language: str  # "go" | "native"
+    at: str  # ENTRY: after the prologue; EXIT: at a RET
+    fields: tuple[Field, ...]
+    summary: str
+    single: bool = False  # the value is the one field itself, not a list
+    names_only: bool = False  # only names: nothing is read while capture is off
+    probe_file: bool = True  # a probe file may name it (go-panic is the tracer's own)
+
+
+def _f(name: str, kind: str, *regs: str) -> Field:
+    return Field(name, kind, regs)
+
+
+_REQUEST = (_f("namespace", STRING, "rdi", "rsi"), _f("name", STRING, "r8", "r9"))
+
+DECODERS: dict[str, Decoder] = {d.name: d for d in (
+    # func (r *R) Reconcile(ctx, req reconcile.Request): receiver RAX, ctx RBX/RCX, then
+    # req.NamespacedName's two strings.
+    Decoder("cr-request", "go", ENTRY, _REQUEST,
+            "controller-runtime's reconcile.Request after receiver and ctx", names_only=True),
+    # (reconcile.Result, error) with Result {Requeue bool; RequeueAfter time.Duration}:
+    # controller-runtime before v0.23.
+    Decoder("cr-result", "go", EXIT,
+            (_f("requeue", BOOL, "rax"), _f("requeue_after_ns", INT, "rbx"),
+             _f("error", ERROR, "rcx", "rdi")),
+            "controller-runtime's (Result, error), Result {Requeue, RequeueAfter}"),
+    # v0.23 added Priority *int: the error moves to RDI/RSI.
+    Decoder("cr-result-priority", "go", EXIT,
+            (_f("requeue", BOOL, "rax"), _f("requeue_after_ns", INT, "rbx"),
+             _f("error", ERROR, "rdi", "rsi"), _f("priority", INT_PTR, "rcx")),
+            "controller-runtime's (Result, error), Result {Requeue, RequeueAfter, Priority}"),
+    # A workqueue key string after the receiver, or after receiver and ctx.
+    Decoder("go-key", "go", ENTRY, (_f("key", STRING, "rbx", "rcx"),),
+            "a key string after the receiver", single=True, names_only=True),
+    Decoder("go-key-ctx", "go", ENTRY, (_f("key", STRING, "rdi", "rsi"),),
+            "a key string after the receiver and ctx", single=True, names_only=True),
+    Decoder("go-error", "go", EXIT, (_f("error", ERROR, "rax", "rbx"),),
+            "a lone error result", single=True),
+    Decoder("go-duration", "go", EXIT, (_f("duration", INT, "rax"),),
+            "a time.Duration result", single=True),
+    Decoder("go-duration-arg", "go", ENTRY, (_f("duration", INT, "rbx"),),
+            "a time.Duration argument after the receiver", single=True),
+    # runtime.gopanic(e any): the tracer's own, to end a call that panicked.
+    Decoder("go-panic", "go", ENTRY, (_f("panic", PANIC_VALUE, "rax", "rbx"),),
+            "runtime.gopanic's value", single=True, probe_file=False),
+    Decoder("native-args", "native", ENTRY,
+            (_f("a0", INT, "rdi"), _f("a1", INT, "rsi")),
+            "the first two integer arguments", names_only=True),
+    Decoder("native-return", "native", EXIT, (_f("return", INT, "rax"),),
+            "the integer return value", single=True),
+)}
+
+# What a probe file's entry/exit may name, by language (rust-async decoders belong to
+# tracer.probes.rust_async, which checks its own).
+ENTRY_DECODERS = {lang: tuple(d.name for d in DECODERS.values() if d.language == lang
+                              and d.at == ENTRY and d.probe_file) for lang in ("go", "native")}
+EXIT_DECODERS = {lang: tuple(d.name for d in DECODERS.values() if d.language == lang
+                             and d.at == EXIT and d.probe_file
+                             and d.name != "cr-result-priority") for lang in ("go", "native")}
+# "cr-result" in a probe file means controller-runtime's result as the binary lays it out:
+# tracer.probes.layouts picks the concrete decoder per function.
+RESULT_DECODERS = ("cr-result", "cr-result-priority")
+
+Reg = Callable[[str], int]
+
+
+def signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _read(field: Field, reg: Reg, mem: GoMemory):
+    kind = field.kind
+    if kind == STRING:
+        limit = MAX_MESSAGE if field.name == "message" else MAX_NAME
+        return mem.string(reg(field.regs[0]), reg(field.regs[1]), limit)
+    if kind == BOOL:
+        return reg(field.regs[0]) & 0xFF != 0
+    if kind == INT:
+        return signed(reg(field.regs[0]))
+    if kind == INT_PTR:
+        ptr = reg(field.regs[0])
+        return signed(mem.u64(ptr)) if ptr else None
+    word, data = reg(field.regs[0]), reg(field.regs[1])
+    if not word:
+        return None
+    try:
+        if kind == ERROR:
+            return mem.iface_error(word, data)
+        return mem.error_value(word, data)
+    except Exception:  # noqa: BLE001 - any failure to read it
+        # There is an error (or panic) all the same: never recorded as none.
+        return [unreadable(word, kind), None, None]
+
+
+def unreadable(word: int, kind: str) -> str:
+    """The type name given to an error whose type could not be read."""
+    return f"{'itab' if kind == ERROR else 'type'} 0x{word:x} (unreadable)"
+
+
+def decode(name: str | None, reg: Reg, mem: GoMemory):
+    """The value of decoder `name` at a hit: `reg(register) -> int` reads the stopped
+    thread's registers (unsigned), `mem` its memory."""
+    decoder = DECODERS.get(name or "")
+    if decoder is None:
+        return None
+    if decoder.names_only and not mem.capture_args:
+        return None
+    values = [_read(f, reg, mem) for f in decoder.fields]
+    return values[0] if decoder.single else values
+
+
+def named(name: str | None, value) -> dict:
+    """{field name: value} of a captured value ({} when nothing was captured)."""
+    decoder = DECODERS.get(name or "")
+    if decoder is None or value is None:
+        return {}
+    if decoder.single:
+        return {decoder.fields[0].name: value}
+    if not isinstance(value, list):
+        return {}
+    return {f.name: v for f, v in zip(decoder.fields, value, strict=False)}
+
+
+# -- kernel uprobes: the same fields as fetch-args -------------------------------------------
+STRING_BYTES = 256  # a string's bytes as one u64[32] (the gdb agent reads up to 1,024)
+# Where uprobes read an error's fields, as (offset in the pointed-to value, kind): what the
+# known error types hold there (tracer.binary.govalues.KNOWN_ERRORS: errors.errorString.s,
+# fmt.wrapError.msg at 0; StatusError's ErrStatus.Message, .Reason at 104, 120 and .Code at
+# 144 in every apimachinery to date). The kernel cannot choose by type, so it reads each
+# slot of the error types the binary is built with; the reader keeps one only where the
+# type's descriptor puts that field exactly there.
+ErrorSlots = tuple[tuple[int, str], ...]
+STD_ERROR_SLOTS: ErrorSlots = ((0, STRING),)
+API_ERROR_SLOTS: ErrorSlots = ((104, STRING), (120, STRING), (144, "s32"))
+APIMACHINERY = "k8s.io/apimachinery"
+
+
+def error_slots(go_modules: dict[str, str]) -> ErrorSlots:
+    """The slots worth reading in a binary built with these modules (each costs the kernel
+    a read, and a fault when the error is nil)."""
+    return STD_ERROR_SLOTS + (API_ERROR_SLOTS if APIMACHINERY in go_modules else ())
+
+
+def _tracefs_reg(reg: str) -> str:
+    return "%" + (reg[1:] if reg[0] == "r" and not reg[1].isdigit() else reg)
+
+
+def fetchargs(name: str | None, slots: ErrorSlots = STD_ERROR_SLOTS) -> list[str]:
+    """The decoder's fields as uprobe fetch-args (tracefs syntax). Each string is one array
+    behind one pointer chain: a nil pointer then faults once, not once per byte."""
+    decoder = DECODERS.get(name or "")
+    if decoder is None:
+        return []
+    args: list[str] = []
+    for i, field in enumerate(decoder.fields):
+        n = f"f{i}"
+        regs = [_tracefs_reg(r) for r in field.regs]
+        if field.kind == STRING:
+            args += [f"{n}l={regs[1]}:s64", f"{n}=+0({regs[0]}):u64[{STRING_BYTES // 8}]"]
+        elif field.kind == BOOL:
+            args.append(f"{n}={regs[0]}:u8")
+        elif field.kind == INT:
+            args.append(f"{n}={regs[0]}:s64")
+        elif field.kind == INT_PTR:
+            args += [f"{n}p={regs[0]}:u64", f"{n}=+0({regs[0]}):s64"]
+        else:
+            args.append(f"{n}t={regs[0]}:u64")
+            for k, (off, kind) in enumerate(slots):
+                if kind == STRING:
+                    args += [f"{n}s{k}l=+{off + 8}({regs[1]}):s64",
+                             f"{n}s{k}=+0(+{off}({regs[1]})):u64[{STRING_BYTES // 8}]"]
+                else:
+                    args.append(f"{n}s{k}=+{off}({regs[1]}):{kind}")
+    return args
+
+
+def _text(data: bytes, length: int) -> str | None:
+    if length < 0:
+        return None
+    return data[:length].decode("utf-8", "replace")
+
+
+def from_fetched(name: str | None, f: dict, mem: GoMemory, capture: bool,
+                 type_of: Callable[[int, str], int | None],
+                 slots: ErrorSlots = STD_ERROR_SLOTS):
+    """The decoder's value from one uprobe record's fields (`fetchargs`' names).
+    `type_of(word, kind)` gives the concrete type of an error's first word (an itab's type,
+    or the word itself for a panic), or None when it can no longer be read."""
+    decoder = DECODERS.get(name or "")
+    if decoder is None:
+        return None
+    if decoder.names_only and not capture:
+        return None
+    values = []
+    for i, field in enumerate(decoder.fields):
+        n = f"f{i}"
+        if field.kind == STRING:
+            values.append(_text(f[n], f[n + "l"]))
+        elif field.kind in (BOOL, INT):
+            values.append(f[n] != 0 if field.kind == BOOL else f[n])
+        elif field.kind == INT_PTR:
+            values.append(f[n] if f[n + "p"] else None)
+        else:
+            values.append(_fetched_error(field, f, n, mem, capture, type_of, slots))
+    return values[0] if decoder.single else values
+
+
+def _fetched_error(field: Field, f: dict, n: str, mem: GoMemory, capture: bool,
+                   type_of: Callable[[int, str], int | None],
+                   slots: ErrorSlots) -> list | None:
+    word = f[n + "t"]
+    if not word:
+        return None
+    type_addr = type_of(word, field.kind)
+    try:
+        if type_addr is None:
+            raise ValueError("gone")
+        layout = mem.error_layout(type_addr)
+    except Exception:  # noqa: BLE001 - the operator has exited (its last hits are read
+        # after it), or the type cannot be read: an error all the same, of unknown type.
+        return [unreadable(word, field.kind), None, None]
+    if not capture:
+        return [layout.name, layout.constant, None]
+    fetched = {}
+    for k, (off, kind) in enumerate(slots):
+        fetched[off] = (_text(f[f"{n}s{k}"], f[f"{n}s{k}l"]) if kind == STRING
+                        else f[f"{n}s{k}"])
+
+    def slot(where: tuple[int, int]):
+        off, kind = where
+        expected = {KIND_STRING: STRING, KIND_INT32: "s32"}.get(kind)
+        return fetched.get(off) if dict(slots).get(off) == expected else None
+
+    message = layout.constant
+    if layout.message is not None:
+        message = slot(layout.message)
+    extra = {k: slot(v) for k, v in layout.extra.items()} or None
+    # Fields of types the tracer does not know are read by the debuggers, not the kernel.
+    return [layout.name, message, extra]
