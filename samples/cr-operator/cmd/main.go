@@ -44,10 +44,10 @@ func init() {
 
 func main() {
 	var (
-		truthPath, metricsAddr, probeAddr       string
+		truthPath, metricsAddr, probeAddr         string
 		leaderNamespace, leaderID, watchNamespace string
-		leaderElect                             bool
-		workers                                 int
+		leaderElect                               bool
+		workers                                   int
 	)
 	flag.StringVar(&truthPath, "ground-truth", os.Getenv("CR_OPERATOR_GROUND_TRUTH"),
 		"write one JSON line per reconcile to this file (default $CR_OPERATOR_GROUND_TRUTH; empty: none)")
