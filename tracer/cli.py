@@ -14,15 +14,43 @@ from tracer.backends.select import CHOICES, choose_backend
 from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
 from tracer.errors import EXIT_USAGE, UserError
-from tracer.exports.output import check_output
+from tracer.exports.output import check_output, create_private
+from tracer.front.terminal import echo
 from tracer.probes.compile import compile_plan
 from tracer.probes.library import choose as choose_probe
 from tracer.targets.process import inspect_process
 
+MAX_MESSAGE = 600
+
 
 def _fail(message: str) -> None:
-    click.echo(f"tracer: error: {message}", err=True)
+    """One line on stderr, exit 2. The message may quote outside text (a probe file, a name
+    from the operator): it is shown inert (front.terminal) and cut if it is huge."""
+    if len(message) > MAX_MESSAGE:
+        message = f"{message[:MAX_MESSAGE]}... ({len(message):,} characters)"
+    echo(f"tracer: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _attach_failure(pid: int | None, exc: BaseException) -> UserError | None:
+    """What really happened when a run failed before its trace began: the operator gone
+    during the attach (gdb then says `/proc/N/exe: No such file` or the like), or another
+    tracer that got there first (ptrace says EPERM, which gdb words as a permission
+    problem even to root). None when neither is the case."""
+    from tracer.targets.process import process_name, status_field, tracer_pid
+
+    if pid is None:
+        return None
+    state = status_field(pid, "State")
+    if state is None or state.startswith(("Z", "X")):
+        return UserError(f"process {pid} exited while the tracer was attaching: nothing was "
+                         "traced")
+    other = tracer_pid(pid)
+    if other and other != os.getpid():
+        return UserError(f"process {pid} is already traced by PID {other} "
+                         f"({process_name(other)}): a process can have one tracer; stop that "
+                         "one first")
+    return None
 
 
 def _analyze(path: str, shown: str | None = None) -> BinaryInfo:
@@ -31,6 +59,13 @@ def _analyze(path: str, shown: str | None = None) -> BinaryInfo:
         info = analyze(path)
     except BinaryError as exc:
         raise UserError(str(exc).replace(path, shown or path)) from None
+    except OSError as exc:
+        # /proc/PID/exe of a process that exited meanwhile, or a file that went away.
+        if path.startswith("/proc/") and not os.path.exists(os.path.dirname(path)):
+            pid = path.split("/")[2]
+            raise UserError(f"process {pid} exited while the tracer was reading its "
+                            "program: nothing was traced") from None
+        raise UserError(f"cannot read {shown or path}: {exc.strerror or exc}") from None
     if shown:
         info.path = shown
     return info
@@ -58,6 +93,12 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
     if display.live and target.argv:
         # The program's own output would tear the screen apart: keep it beside the trace.
         target.output_log = output + ".out"
+        # Made here, new and 0600, never through a link planted at that name; the session
+        # then opens the tracer's own file.
+        try:
+            os.close(create_private(target.output_log))
+        except OSError as exc:
+            raise UserError(f"cannot write {target.output_log}: {exc.strerror}") from None
         display.messages.append(f"the program's output is in {target.output_log}")
     session = Session(target, info, plan, output, duration, display.on_span,
                       display.on_status, backend_factory=factory, backend_note=note,
@@ -66,11 +107,20 @@ def _trace(target, info, plan, output: str, duration: float | None, quiet: bool,
         watcher.start(session.record, display.on_status)
     try:
         outcome = display.run(session, session_screen(session))
+    except Exception as exc:
+        if session.writer is not None:
+            raise
+        # Nothing traced yet: if the operator went away or another tracer won the race,
+        # that is the one line to say, whatever the debugger made of it.
+        better = _attach_failure(target.pid, exc)
+        if better is None:
+            raise
+        raise better from None
     finally:
         if watcher is not None:
             watcher.stop()
     if watcher is not None and watcher.events:
-        click.echo(f"recorded {watcher.events} watch event(s) of "
+        echo(f"recorded {watcher.events} watch event(s) of "
                    f"{', '.join(watcher.describe())}", err=True)
     display.finish(outcome)
 
@@ -119,6 +169,9 @@ MAX_STOPPED = click.option(
 BUDGET_WINDOW = click.option("--budget-window", type=click.FloatRange(min=0.5), default=10.0,
                              show_default=True, metavar="SECONDS",
                              help="The window the pause budget is measured over.")
+FORCE = click.option("--force", is_flag=True,
+                     help="Replace an existing --output that is not a trace (or a link: the "
+                          "link itself is replaced, never what it points to).")
 PLAIN = click.option("--plain", is_flag=True,
                      help="A line per finished call instead of the live screen on a terminal.")
 
@@ -131,8 +184,8 @@ def cli() -> None:
 
 def trace_options(command):
     """The options every tracing command takes."""
-    for option in reversed((OUTPUT, DURATION, SYMBOL, PROBE, NO_ARGS, QUIET, PLAIN, BACKEND,
-                            MAX_STOPPED, BUDGET_WINDOW)):
+    for option in reversed((OUTPUT, FORCE, DURATION, SYMBOL, PROBE, NO_ARGS, QUIET, PLAIN,
+                            BACKEND, MAX_STOPPED, BUDGET_WINDOW)):
         command = option(command)
     return command
 
@@ -177,7 +230,7 @@ def kube_options(command):
 @click.argument("target", required=False)
 @trace_options
 @kube_options
-def attach(target: str | None, output: str | None, duration: float | None,
+def attach(target: str | None, output: str | None, force: bool, duration: float | None,
            symbol: str | None, probe: str | None,
            no_args: bool, quiet: bool, plain: bool, backend: str,
            max_stopped: float, budget_window: float, namespace: str | None,
@@ -205,12 +258,12 @@ def attach(target: str | None, output: str | None, duration: float | None,
         kube = find_pods(target, selector, namespace, container, context, kubeconfig)
         for pod in kube.pods:
             if pod.chosen_because:
-                click.echo(f"tracing pod {pod.pod}: {pod.chosen_because}", err=True)
+                echo(f"tracing pod {pod.pod}: {pod.chosen_because}", err=True)
         options = dict(symbol=symbol, probe=probe, no_args=no_args, backend=backend,
                        max_stopped=max_stopped, budget_window=budget_window)
         first = kube.pods[0]
         if agent:
-            out = check_output(output or _default_output(first.pod, agent), "--output")
+            out = check_output(output or _default_output(first.pod, agent), "--output", force)
             image = agent_image or os.environ.get("TRACER_AGENT_IMAGE") or AGENT_IMAGE
             trace_via_agents(kube, agent, image, agent_timeout, out, duration, quiet, plain,
                              options, watch)
@@ -226,7 +279,7 @@ def attach(target: str | None, output: str | None, duration: float | None,
                                               probe=probe).functions)
             selected = selector or target or "pods"
             out = check_output(output or _default_output(selected.replace("/", "-"), "pods"),
-                               "--output")
+                               "--output", force)
             trace_local_pods(kube, out, duration, quiet, plain, options, sorted(functions),
                              watch)
             return
@@ -237,7 +290,7 @@ def attach(target: str | None, output: str | None, duration: float | None,
     # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
     info.path = plan.binary = proc.exe
     name = kube.pods[0].pod if kube else proc.name
-    out = check_output(output or _default_output(name, pid), "--output")
+    out = check_output(output or _default_output(name, pid), "--output", force)
     run_target = Target(pid=pid, name=proc.name, exe=proc.exe_target, tags=tags)
     watcher = kube.watcher(watch, plan.functions) if kube else None
     _trace(run_target, info, plan, out, duration, quiet, plain, backend,
@@ -247,7 +300,7 @@ def attach(target: str | None, output: str | None, duration: float | None,
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @trace_options
-def run(command: tuple[str, ...], output: str | None, duration: float | None,
+def run(command: tuple[str, ...], output: str | None, force: bool, duration: float | None,
         symbol: str | None, probe: str | None,
         no_args: bool, quiet: bool, plain: bool, backend: str,
         max_stopped: float, budget_window: float) -> None:
@@ -264,7 +317,7 @@ def run(command: tuple[str, ...], output: str | None, duration: float | None,
     info = _analyze(os.path.realpath(program))
     plan = compile_plan(info, symbol, capture_args=not no_args, probe=probe)
     name = os.path.basename(program)
-    out = check_output(output or _default_output(name, "run"), "--output")
+    out = check_output(output or _default_output(name, "run"), "--output", force)
     target = Target(argv=[program, *command[1:]], name=name)
     _trace(target, info, plan, out, duration, quiet, plain, backend,
            (max_stopped, budget_window))
@@ -311,7 +364,7 @@ def symbols(target: str, regex: str | None) -> None:
         facts.append(f"probe {best.probe.name}")
     reconciles = set(best.reconciles) if best else set()
     others = set(best.others) if best else set()
-    click.echo(f"# {info.path}: {', '.join(facts)}; {len(functions)} function(s)")
+    echo(f"# {info.path}: {', '.join(facts)}; {len(functions)} function(s)")
     demangle = None
     if info.language == "rust":
         # As Rust writes them (and as rust-async probes match them), not mangled.
@@ -319,7 +372,7 @@ def symbols(target: str, regex: str | None) -> None:
     for fn in functions:
         name = demangle(fn.name) if demangle else fn.name
         mark = "*" if {fn.name, name} & reconciles else "+" if {fn.name, name} & others else " "
-        click.echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {name}")
+        echo(f"{mark} 0x{fn.entry:x} {fn.end - fn.entry:6d} {name}")
 
 
 def _register_commands() -> None:
@@ -357,6 +410,6 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback; TRACER_DEBUG shows it
         if os.environ.get("TRACER_DEBUG"):
             raise
-        click.echo(f"tracer: internal error: {type(exc).__name__}: {exc} "
+        echo(f"tracer: internal error: {type(exc).__name__}: {exc} "
                    "(set TRACER_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)

@@ -105,7 +105,11 @@ def test_a_trace_with_a_line_that_is_not_json(tmp_path):
     lines = trace.read_text().splitlines(keepends=True)
     lines.insert(3, "garbage\n")
     trace.write_text("".join(lines))
-    assert "line 4 is not a trace record" in user_error(str(trace))
+    # Skipped and counted in one warning line; the other calls are reported.
+    result = invoke(str(trace), "--json")
+    assert result.exit_code == 0, result.exception
+    assert "1 line skipped, not trace records (first: line 4)" in result.stderr
+    assert json.loads(result.stdout)["total"]["calls"] == 4
 
 
 def test_missing_file_and_folder(tmp_path):

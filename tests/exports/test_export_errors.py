@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,28 +55,35 @@ def test_bad_input_files(case, tmp_path):
     assert files_in(out_dir) == set()
 
 
-def test_a_trace_broken_midway_leaves_no_output(go_trace, tmp_path):
-    """The header is fine, so writing starts; the bad line stops it and nothing is left."""
+def test_a_trace_broken_midway_is_exported_with_the_line_counted(go_trace, tmp_path):
+    """A bad line midway is skipped and counted in one warning line with its number; every
+    other span is exported (issue 18: a damaged trace never ends in an internal error)."""
     lines = go_trace.read_text().splitlines(keepends=True)
+    spans = sum(1 for line in lines if '"type":"span"' in line)
     broken = tmp_path / "in" / "broken.jsonl"
     broken.parent.mkdir()
     broken.write_text("".join(lines[:100]) + "{not json\n" + "".join(lines[100:]))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     for fmt in FORMATS:
-        assert_one_line_error(run_cli(*export_args(broken, fmt, out_dir / f"x.{fmt}")),
-                              "not JSON")
-    assert_one_line_error(run_cli(*plot_args(broken, out_dir / "x.png")), "not JSON")
-    assert files_in(out_dir) == set(), "no half-written file, no temporary file"
+        result = run_cli(*export_args(broken, fmt, out_dir / f"x.{fmt}"))
+        assert result.code == 0, result.stderr
+        assert "1 line skipped, not trace records (first: line 101)" in result.stderr
+        assert f"wrote {spans} " in result.stderr or fmt == "timestamps"
+    result = run_cli(*plot_args(broken, out_dir / "x.png"))
+    assert result.code == 0 and "(first: line 101)" in result.stderr, result.stderr
+    assert not [p for p in files_in(out_dir) if p.endswith(".part")], "no temporary file"
 
 
 def test_an_existing_output_survives_a_failed_export(go_trace, tmp_path):
     out = tmp_path / "previous.csv"
-    out.write_text("earlier export\n")
+    out.write_text("id,function\nearlier export\n")
     broken = tmp_path / "broken.jsonl"
-    broken.write_text(go_trace.read_text().splitlines(keepends=True)[0] + "[1, 2]\n")
-    assert_one_line_error(run_cli(*export_args(broken, "csv", out)), "not a tracer trace file")
-    assert out.read_text() == "earlier export\n"
+    header = json.loads(go_trace.read_text().splitlines()[0])
+    header["clock"] = {"monotonic_ns": "soon", "realtime_ns": None}
+    broken.write_text(json.dumps(header) + "\n[1, 2]\n")
+    assert_one_line_error(run_cli(*export_args(broken, "csv", out)), "header is damaged")
+    assert out.read_text() == "id,function\nearlier export\n"
     assert files_in(tmp_path) == {"previous.csv", "broken.jsonl"}
 
 

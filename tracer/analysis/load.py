@@ -17,7 +17,15 @@ import polars as pl
 
 from tracer.analysis import timestamps
 from tracer.errors import UserError
-from tracer.session.tracefile import check_readable, parse_header
+from tracer.session.tracefile import (
+    MAX_NS,
+    Damage,
+    check_readable,
+    iter_valid,
+    parse_header,
+    parse_line,
+    valid_clock,
+)
 
 _STR = pl.String
 _I64 = pl.Int64
@@ -96,17 +104,6 @@ def detect(path: str) -> str:
     return style
 
 
-def _bad_line(data: bytes) -> int:
-    """The number of the first line that is not a JSON object (only on the error path)."""
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            if not isinstance(json.loads(raw), dict):
-                return number
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return number
-    return 0
-
-
 def _last_record(path: str, size: int) -> tuple[dict | None, bool]:
     """(the last whole line as JSON, whether the file ends mid-line), reading only its tail."""
     with open(path, "rb") as f:
@@ -117,16 +114,76 @@ def _last_record(path: str, size: int) -> tuple[dict | None, bool]:
     if cut:
         lines = lines[:-1]
     try:
-        last = json.loads(lines[-1]) if lines else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        last = parse_line(lines[-1]) if lines else None
+    except ValueError:
         last = None
     return (last if isinstance(last, dict) else None), cut
+
+
+def _usable(data: bytes | str, path: str) -> pl.DataFrame | None:
+    """The file (or its whole lines) through polars' parallel reader, if every line parses
+    and every span and event has its times in range; None otherwise."""
+    try:
+        # The lazy reader parses in parallel; the eager one on a path did not (polars 2.1).
+        raw = (pl.read_ndjson(data, schema=SCHEMA) if isinstance(data, bytes)
+               else pl.scan_ndjson(data, schema=SCHEMA).collect())
+    except pl.exceptions.PolarsError:
+        return None
+    spans = raw.filter(pl.col("type") == "span")
+    events = raw.filter(pl.col("type") == "event")
+    limit = MAX_NS - 1
+    bad_span = (pl.col("start_ns").is_null() | ~pl.col("start_ns").is_between(0, limit)
+                | (pl.col("end_ns").is_not_null()
+                   & (~pl.col("end_ns").is_between(0, limit)
+                      | (pl.col("end_ns") < pl.col("start_ns")))))
+    bad_event = pl.col("ts_ns").is_null() | ~pl.col("ts_ns").is_between(0, limit)
+    if spans.filter(bad_span).height or events.filter(bad_event).height:
+        return None
+    return raw
+
+
+def _fits(value: object, dtype: pl.DataType) -> bool:
+    if value is None:
+        return True
+    if dtype == _STR:
+        return isinstance(value, str)
+    if dtype == _I64:
+        return type(value) is int and abs(value) < MAX_NS
+    if dtype == pl.Boolean:
+        return isinstance(value, bool)
+    return isinstance(value, dict)
+
+
+def _project(record: dict, schema) -> dict:
+    """Only the fields the schema reads, each only if it has the schema's kind: a checked
+    record then always parses (other fields may hold anything)."""
+    out = {}
+    for key, dtype in schema.items():
+        value = record.get(key)
+        if value is None or not _fits(value, dtype):
+            continue
+        out[key] = _project(value, dict(dtype.to_schema())) if isinstance(dtype, pl.Struct) \
+            else value
+    return out
+
+
+def _checked(path: str, damage: Damage) -> pl.DataFrame:
+    """The slow way, line by line (tracefile.iter_valid): lines that are not well-formed
+    records and damaged spans or events are left out and counted in `damage`."""
+    good = [json.dumps(_project(record, SCHEMA), separators=(",", ":")).encode()
+            for record, cut, _ in iter_valid(path, damage) if not cut]
+    if not good:
+        return pl.DataFrame(schema=SCHEMA)
+    try:
+        return pl.read_ndjson(b"\n".join(good) + b"\n", schema=SCHEMA)
+    except pl.exceptions.PolarsError as exc:
+        raise UserError(f"{path} could not be read ({str(exc).splitlines()[0][:80]})") from None
 
 
 def _read_trace(path: str, index: int, warn: Callable[[str], None]
                 ) -> tuple[Source, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     size = os.path.getsize(path)
-    header = json.loads(_first_line(path))
+    header = parse_header(path, _first_line(path))
     last, cut = _last_record(path, size)
     if cut:
         with open(path, "rb") as f:
@@ -138,15 +195,12 @@ def _read_trace(path: str, index: int, warn: Callable[[str], None]
              f"reporting its {whole} whole lines")
     else:
         source_arg = path
-    try:
-        # The lazy reader parses in parallel; the eager one on a path did not (polars 2.1).
-        raw = (pl.read_ndjson(source_arg, schema=SCHEMA) if isinstance(source_arg, bytes)
-               else pl.scan_ndjson(source_arg, schema=SCHEMA).collect())
-    except pl.exceptions.PolarsError:
-        data = source_arg if isinstance(source_arg, bytes) else open(path, "rb").read()
-        number = _bad_line(data)
-        raise UserError(f"{path} is not a tracer trace file (line {number} is not a "
-                        "trace record)") from None
+    raw = _usable(source_arg, path)
+    if raw is None:
+        damage = Damage()
+        raw = _checked(path, damage)
+        if damage:
+            warn(damage.message(path))
     clock = header.get("clock") or {}
     offset = int(clock.get("realtime_ns", 0)) - int(clock.get("monotonic_ns", 0))
     end = last if last is not None and last.get("type") == "end" else None
@@ -178,15 +232,13 @@ def _read_trace(path: str, index: int, warn: Callable[[str], None]
         (pl.col("ts_ns") + offset).alias("ts"),
         "kind", "namespace", "name", "event",
     )
-    if spans["start"].null_count():
-        raise UserError(f"{path} is not a tracer trace file (a span has no start_ns)")
     # The window the tracer watched: from the attach to the end line (or the last thing seen).
     lo = int(clock["monotonic_ns"]) + offset if "monotonic_ns" in clock else None
     seen = [spans["start"].min(), spans["start"].max(), spans["end"].max(),
             events["ts"].min(), events["ts"].max()]
     seen = [int(v) for v in seen if v is not None]
     hi = None
-    if end is not None and isinstance(end.get("clock"), dict):
+    if end is not None and valid_clock(end.get("clock")):
         hi = int(end["clock"]["monotonic_ns"]) + offset
     lo = min([v for v in [lo, *seen] if v is not None], default=0)
     hi = max([v for v in [hi, *seen] if v is not None], default=lo)

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tracer.front.terminal import safe_table, visible
+
 
 def _t(seconds: float | None) -> str:
     """A time in its natural unit: 830 µs, 1.06 ms, 5.205 s."""
@@ -41,9 +43,12 @@ def short_function(name: str | None) -> str:
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table = safe_table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        # A name may be as long as its author likes: it is cut, the figures stay.
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0,
+                         overflow="ellipsis" if i == 0 else "fold",
+                         max_width=60 if i == 0 else None)
     return table
 
 
@@ -113,7 +118,8 @@ def _causes(report: dict) -> list:
             out.append(_latency_line("change-to-reconcile latency", latency))
     changes = report.get("changes")
     if changes:
-        out.append(Text(f"{changes['pairs']:,} change/reconcile pairs from {changes['file']}"
+        out.append(Text(f"{changes['pairs']:,} change/reconcile pairs from "
+                        f"{visible(changes['file'])}"
                         + (f", {changes['negative']} with the reconcile first"
                            if changes["negative"] else "")))
         out.append(_latency_line("change-to-reconcile latency", changes["latency_s"], "pairs"))
@@ -133,7 +139,7 @@ def _errors(total: dict) -> Text | None:
         if by_type:
             parts = ", ".join(f"{kind} {count:,}" for kind, count in by_type.items())
             lines.append(f"{label} by type: {parts}")
-    return Text("\n".join(lines)) if lines else None
+    return Text("\n".join(map(visible, lines))) if lines else None
 
 
 def _objects_table(objects: list[dict], top: int, several_functions: bool) -> Table:
@@ -178,7 +184,7 @@ def _cost(report: dict) -> list:
             d = g[column]
             table.add_row(short_function(g["function"]) if column == "raw" else "", column,
                           _t(d["p50"]), _t(d["p90"]), _t(d["p99"]), _t(d["mean"]))
-    return [Text("\n".join(lines)), table]
+    return [Text("\n".join(map(visible, lines))), table]
 
 
 def _steps_tables(report: dict) -> list[Table]:
@@ -203,7 +209,7 @@ def render(report: dict, console: Console, top: int = 10) -> None:
         f"{s['path']} ({s['format']}, {s['spans']:,} "
         f"{'spans' if s['format'] == 'trace' else 'starts'}"
         f"{', cut' if s['truncated'] else ''})" for s in report["sources"])
-    console.print(Text(f"{sources}\n{window['start']} .. {window['end']}: "
+    console.print(Text(f"{visible(sources)}\n{window['start']} .. {window['end']}: "
                        f"{_t(window['observed_s'])} observed", style="bold"))
     total = report["total"]
     rows = [("all", total)]

@@ -7,12 +7,11 @@ foreign or empty file is refused before any output is created.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracer.errors import UserError
-from tracer.session.tracefile import check_readable, iter_records, parse_header
+from tracer.session.tracefile import Damage, check_readable, iter_valid, parse_header
 
 
 @dataclass
@@ -22,6 +21,7 @@ class TraceStream:
     end: dict | None = None  # set once spans() has run to the end
     truncated: bool = False  # the file ends mid-line (the run did not end cleanly)
     last_ns: int = 0  # the latest monotonic time seen in any span
+    damage: Damage = field(default_factory=Damage)  # lines left out by the last pass
 
     @property
     def clock_offset(self) -> int:
@@ -43,26 +43,21 @@ class TraceStream:
         return max(int(clock.get("monotonic_ns", 0)), self.last_ns)
 
     def spans(self) -> Iterator[dict]:
-        """Every span line, in file order (the order calls finished)."""
+        """Every usable span line, in file order (the order calls finished). Lines that are
+        not well-formed records, and spans whose times are damaged, are left out and counted
+        in `damage` (reset at each pass)."""
+        self.damage = Damage()
         try:
-            for record, cut in iter_records(self.path):
+            for record, cut, _number in iter_valid(self.path, self.damage):
                 if cut:
                     self.truncated = True
                     return
-                if not isinstance(record, dict):
-                    raise UserError(f"{self.path} is not a tracer trace file "
-                                    "(a line is not a JSON object)")
                 kind = record.get("type")
                 if kind == "span":
-                    if not isinstance(record.get("start_ns"), int):
-                        raise UserError(f"{self.path}: span {record.get('id')} has no start_ns")
                     self.last_ns = max(self.last_ns, record["start_ns"], record.get("end_ns") or 0)
                     yield record
                 elif kind == "end":
                     self.end = record
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{self.path} is not a tracer trace file "
-                            "(a line is not JSON)") from None
         except OSError as exc:
             raise UserError(f"cannot read {self.path}: {exc.strerror}") from None
 

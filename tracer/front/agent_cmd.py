@@ -17,6 +17,7 @@ from tracer.errors import UserError
 from tracer.exports.output import check_output
 from tracer.front.display import FAILED_REASONS
 from tracer.front.receive import receive_stream
+from tracer.front.terminal import echo
 
 
 def _key_values(pairs: tuple[str, ...], option: str) -> dict:
@@ -70,7 +71,7 @@ def agent(pid: int | None, no_wait: bool, container_id: str | None, **options) -
             link.status(plan.choice)
         info.path = plan.binary = proc.exe
         output = options["output"]
-        copy = check_output(output, "--output") if output else None
+        copy = check_output(output, "--output", options["force"]) if output else None
         target = Target(pid=pid, name=proc.name, exe=proc.exe_target)
         outcome = trace(link, target, info, plan, copy, options["duration"],
                         options["backend"], (options["max_stopped"], options["budget_window"]))
@@ -78,7 +79,7 @@ def agent(pid: int | None, no_wait: bool, container_id: str | None, **options) -
         link.error(str(exc))
         raise
     # The agent's own record of how it ended, for `kubectl logs` of its container.
-    click.echo(f"tracer agent ended ({outcome.reason}): {outcome.spans} spans, "
+    echo(f"tracer agent ended ({outcome.reason}): {outcome.spans} spans, "
                f"{outcome.unfinished} unfinished, code restored: {outcome.code_restored}",
                err=True)
     if outcome.code_restored is False or outcome.reason in FAILED_REASONS:
@@ -89,6 +90,8 @@ def agent(pid: int | None, no_wait: bool, container_id: str | None, **options) -
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--output", "-o", metavar="FILE",
               help="Trace file (JSON Lines). Default: trace-agent-TIME.jsonl here.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing --output that is not a trace (or a link itself).")
 @click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS", help="Stop the agent this many seconds after it attached.")
 @click.option("--quiet", "-q", is_flag=True, help="Print no line per call.")
@@ -98,7 +101,7 @@ def agent(pid: int | None, no_wait: bool, container_id: str | None, **options) -
               help="Where the trace comes from, kept in the header's via (repeatable).")
 @click.option("--tag", "tag", multiple=True, metavar="KEY=VALUE",
               help="Add KEY=VALUE to the header and every span (repeatable).")
-def receive(command: tuple[str, ...], output: str | None, duration: float | None,
+def receive(command: tuple[str, ...], output: str | None, force: bool, duration: float | None,
             quiet: bool, plain: bool, via: tuple[str, ...], tag: tuple[str, ...]) -> None:
     """Run COMMAND (after `--`), which starts `tracer agent` somewhere, and record what the
     agent streams as if attached locally; Ctrl-C or --duration stop the agent, which
@@ -107,5 +110,5 @@ def receive(command: tuple[str, ...], output: str | None, duration: float | None
 
     where = {"command": list(command), **_key_values(via, "--via")}
     tags = _key_values(tag, "--tag")
-    out = check_output(output or _default_output("agent", "remote"), "--output")
+    out = check_output(output or _default_output("agent", "remote"), "--output", force)
     receive_stream(ProcessStream(list(command)), out, duration, quiet, plain, where, tags)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import sys
 
-import click
-
 from tracer.front.display import Display, Screen, header_clock, receiver_screen
 from tracer.front.receive import agent_args
+from tracer.front.terminal import echo
 from tracer.kube.session import KubeTargets
 
 
@@ -21,7 +20,7 @@ def _run_with_watch(display: Display, run, screen: Screen, watcher):
         if watcher is not None:
             watcher.stop()
             if watcher.events:
-                click.echo(f"recorded {watcher.events} watch event(s) of "
+                echo(f"recorded {watcher.events} watch event(s) of "
                            f"{', '.join(watcher.describe())}", err=True)
 
 

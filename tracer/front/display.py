@@ -8,10 +8,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import click
-
 from tracer.front.lines import LineFormatter
 from tracer.front.live.screen import Cost, Header
+from tracer.front.terminal import echo
 
 # Ways a run ends that the user must hear about in the exit status.
 FAILED_REASONS = frozenset(("debugger-died", "write-failed", "pause-budget", "error",
@@ -126,13 +125,13 @@ class Display:
             # The clock of the run's header: a remote agent's wall clock maps its spans.
             header = getattr(self.run_source, "header", None)
             self._formatter = LineFormatter(header["clock"] if header else None)
-        click.echo(self._formatter.format(span))
+        echo(self._formatter.format(span))
 
     def on_status(self, message: str) -> None:
         if self.live:
             self.messages.append(message)
         else:
-            click.echo(message, err=True)
+            echo(message, err=True)
 
     def run(self, source, screen: Screen):
         self.run_source = source
@@ -142,18 +141,18 @@ class Display:
             return run_live(source, screen)
         finally:
             for message in self.messages:
-                click.echo(message, err=True)
+                echo(message, err=True)
 
     def finish(self, outcome) -> None:
         """The `ended (...)` line; exit status 1 when the run failed."""
         status = f", operator {outcome.target_status}" if outcome.target_status else ""
         unfinished = "?" if outcome.unfinished is None else outcome.unfinished
-        click.echo(f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
+        echo(f"ended ({outcome.reason}{status}): {outcome.spans} spans, "
                    f"{unfinished} unfinished, written to {outcome.output}", err=True)
         if self.live:
-            click.echo(f"the screen again: tracer view {outcome.output} --summary", err=True)
+            echo(f"the screen again: tracer view {outcome.output} --summary", err=True)
         if outcome.code_restored is False:
-            click.echo("tracer: error: breakpoint bytes are still in the operator after "
+            echo("tracer: error: breakpoint bytes are still in the operator after "
                        "detaching; it will crash on its next call there", err=True)
         if outcome.code_restored is False or outcome.reason in FAILED_REASONS:
             sys.exit(1)

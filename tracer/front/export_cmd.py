@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import TYPE_CHECKING
 
 import click
 
 from tracer.errors import UserError
+from tracer.front.terminal import echo
 
 if TYPE_CHECKING:
     from tracer.exports.source import TraceStream
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 FORMATS = ("chrome", "csv", "otlp", "timestamps")
 SUFFIX = {"chrome": ".chrome.json", "csv": ".csv"}
 TIMESTAMP_SUFFIX = {"csv": ".timestamps.csv", "lines": ".timestamps.txt"}
+OURS = {"chrome": b'{"traceEvents":[', "csv": b"id,", "timestamps": b"reconsile_dates"}
 
 
 def default_output(trace: str, fmt: str, style: str) -> str:
@@ -49,14 +52,22 @@ def _check_options(fmt: str, output: str | None, endpoint: str | None,
         raise UserError("--style applies to --format timestamps only")
 
 
-def _write(stream: TraceStream, fmt: str, output: str, style: str) -> int:
+def _ours(fmt: str, style: str):
+    """What a file this export writes starts with: only such a file is replaced unasked."""
+    if fmt == "timestamps" and style == "lines":
+        return lambda first: re.match(rb"\d{4}-\d\d-\d\d \d", first) is not None
+    return lambda first: first.startswith(OURS[fmt])
+
+
+def _write(stream: TraceStream, fmt: str, output: str, style: str, force: bool) -> int:
     from tracer.exports.output import STDOUT, atomic_path, open_output
 
+    ours = _ours(fmt, style)
     if fmt == "timestamps":
         from tracer.analysis.timestamps import write_timestamps
 
         target = (contextlib.nullcontext("/dev/stdout") if output == STDOUT
-                  else atomic_path(output))
+                  else atomic_path(output, force, ours))
         with target as path:
             # Reconcile starts only: steps (child spans) are parts of them.
             reconciles = (s for s in stream.spans() if s.get("parent") is None)
@@ -67,7 +78,8 @@ def _write(stream: TraceStream, fmt: str, output: str, style: str) -> int:
     else:
         from tracer.exports.csv_export import write_csv as writer
     # csv.writer wants newline="" so it alone decides line ends.
-    with open_output(output, newline="" if fmt == "csv" else None) as out:
+    with open_output(output, newline="" if fmt == "csv" else None, force=force,
+                     ours=ours) as out:
         return writer(stream, out)
 
 
@@ -89,8 +101,11 @@ def _write(stream: TraceStream, fmt: str, output: str, style: str) -> int:
 @click.option("--style", type=click.Choice(["csv", "lines"]),
               help="For --format timestamps: csv (header reconsile_dates, ISO-8601 ms, the "
                    "default) or lines (`2023-05-12 11:52:20.338366696`).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output that is not this kind of export (or a link: "
+                   "the link itself, never what it points to).")
 def export(file: str, fmt: str | None, output: str | None, endpoint: str | None,
-           batch_size: int | None, style: str | None) -> None:
+           batch_size: int | None, style: str | None, force: bool) -> None:
     """Convert the trace FILE for another tool, or send it to an OpenTelemetry collector.
 
     Unfinished calls end at the end of the run and are marked `unfinished`."""
@@ -105,20 +120,22 @@ def export(file: str, fmt: str | None, output: str | None, endpoint: str | None,
 
         url = otlp_endpoint(endpoint)
         sent = send_otlp(stream, url, env_headers(), batch_size or BATCH)
-        click.echo(f"sent {sent.spans} spans in {sent.requests} request(s) to {url}", err=True)
+        echo(f"sent {sent.spans} spans in {sent.requests} request(s) to {url}", err=True)
         if sent.rejected or sent.messages:
             why = "; ".join(sent.messages or []) or "no reason given"
-            click.echo(f"warning: the receiver rejected {sent.rejected} spans: {why}", err=True)
+            echo(f"warning: the receiver rejected {sent.rejected} spans: {why}", err=True)
     else:
         style = style or "csv"
         out = output or default_output(file, fmt, style)
         if os.path.abspath(out) == os.path.abspath(file):
             raise UserError(f"the output {out} is the trace itself: choose another --output")
-        count = _write(stream, fmt, out, style)
+        count = _write(stream, fmt, out, style, force)
         where = "standard output" if out == "-" else out
         hint = " (open it in https://ui.perfetto.dev)" if fmt == "chrome" else ""
-        click.echo(f"wrote {count} {'starts' if fmt == 'timestamps' else 'spans'} to "
+        echo(f"wrote {count} {'starts' if fmt == 'timestamps' else 'spans'} to "
                    f"{where}{hint}", err=True)
+    if stream.damage:
+        echo(f"tracer: warning: {stream.damage.message(file)}", err=True)
     if stream.truncated:
-        click.echo(f"note: {file} is cut mid-line (the run did not end cleanly): "
+        echo(f"note: {file} is cut mid-line (the run did not end cleanly): "
                    "its whole lines were exported", err=True)

@@ -9,6 +9,7 @@ import click
 
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
+from tracer.front.terminal import echo
 from tracer.probes import library
 from tracer.probes.spec import KIND_RUST_ASYNC, ProbeSpec
 
@@ -54,11 +55,11 @@ def list_probes() -> None:
                         + ", ".join(str(d) for d in library.search_dirs()) + ")")
     for probe in sorted(found, key=lambda p: p.name):
         kind = "operator-specific" if probe.specific else "generic"
-        click.echo(f"{probe.name}  {_shown(probe.path)}  ({probe.language}, {kind})")
+        echo(f"{probe.name}  {_shown(probe.path)}  ({probe.language}, {kind})")
         if probe.description:
-            click.echo(f"    {probe.description}")
+            echo(f"    {probe.description}")
         for spec in probe.functions:
-            click.echo(f"    {_describe_function(spec)}")
+            echo(f"    {_describe_function(spec)}")
 
 
 def _info(target: str) -> BinaryInfo:
@@ -112,19 +113,19 @@ def check(target: str, only: str | None) -> None:
     info = _info(target)
     probes_found = [library.resolve(only)] if only else library.load_all()
     best = library.choose(info, probes_found)
-    click.echo(f"# {info.path}: {_facts(info)}")
+    echo(f"# {info.path}: {_facts(info)}")
     for probe in sorted(probes_found, key=lambda p: (p is not (best and best.probe), p.name)):
         m = library.match(probe, info)
         mark = "*" if best is not None and probe is best.probe else " "
         head = f"{mark} {probe.name}  {_shown(probe.path)}"
         if probe.language != library.language_of(info):
-            click.echo(f"{head}: for {probe.language} code, {info.path} is "
+            echo(f"{head}: for {probe.language} code, {info.path} is "
                        f"{library.language_of(info)}")
             continue
         if not m.reconciles:
-            click.echo(f"{head}: no reconcile function matches")
+            echo(f"{head}: no reconcile function matches")
         else:
-            click.echo(f"{head}: {len(m.reconciles)} reconcile function(s)"
+            echo(f"{head}: {len(m.reconciles)} reconcile function(s)"
                        + (f", {len(m.others)} step/end function(s)" if m.others else ""))
         for spec in probe.functions:
             from tracer.probes import rust_async
@@ -135,13 +136,13 @@ def check(target: str, only: str | None) -> None:
             else:
                 names = list(dict.fromkeys(f.name for f in library.call_matches(info, spec)))
             if not names:
-                click.echo(f"    {spec.role:<9} none match {spec.match.pattern}")
+                echo(f"    {spec.role:<9} none match {spec.match.pattern}")
             for name in names:
-                click.echo(f"    {spec.role:<9} {name}")
+                echo(f"    {spec.role:<9} {name}")
             for name in drops:
-                click.echo(f"    {'end':<9} {name}")
+                echo(f"    {'end':<9} {name}")
         if m.reconciles or (info.language != "go" and not info.has_symtab):
             for item in _missing(probe, info):
-                click.echo(f"    {item}")
+                echo(f"    {item}")
     if best is None:
         sys.exit(1)

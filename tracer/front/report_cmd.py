@@ -9,7 +9,10 @@ import sys
 import click
 
 from tracer.errors import UserError
-from tracer.exports.output import check_output
+from tracer.exports.output import atomic_path, check_output, starts_with
+from tracer.front.terminal import echo
+
+CAUSES_START = starts_with(b'{"file":')
 
 
 def _seconds(option: str, value: float, minimum: float = 0.0) -> int:
@@ -41,9 +44,12 @@ def _seconds(option: str, value: float, minimum: float = 0.0) -> int:
                    "its cause: the tracer and the operator hear a change separately.")
 @click.option("--causes-out", metavar="FILE",
               help="Write every call's cause and its evidence to FILE (JSON Lines).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing --causes-out that is not one (or a link: the link "
+                   "itself, never what it points to).")
 def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str | None,
            top: int, tolerance: float, backoff_base: float, backoff_cap: float,
-           event_slack: float, causes_out: str | None) -> None:
+           event_slack: float, causes_out: str | None, force: bool) -> None:
     """Statistics of the calls in trace FILEs (merged on one timeline) and why each happened.
 
     Per function and per object: calls, rate, durations, intervals between starts, idle time,
@@ -71,10 +77,10 @@ def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str
         raise UserError("--backoff-cap must be at least --backoff-base")
     edges = report_mod.parse_bins(bins)
     if causes_out:
-        check_output(causes_out, "--causes-out")  # before the work, not after
+        check_output(causes_out, "--causes-out", force, CAUSES_START)  # before the work
 
     def warn(message: str) -> None:
-        click.echo(f"tracer: warning: {message}", err=True)
+        echo(f"tracer: warning: {message}", err=True)
 
     loaded = load(list(files), warn)
     change_starts = None
@@ -86,7 +92,7 @@ def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str
     result, frame = report_mod.build(loaded, bins=edges, settings=settings,
                                      changes=change_starts, changes_path=changes)
     if causes_out:
-        _write_causes(frame, loaded, causes_out)
+        _write_causes(frame, loaded, causes_out, force)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -97,13 +103,14 @@ def report(files: tuple[str, ...], as_json: bool, changes: str | None, bins: str
         render.render(result, console, top=top)
 
 
-def _write_causes(frame, loaded, path: str) -> None:
+def _write_causes(frame, loaded, path: str, force: bool) -> None:
     from tracer.analysis.report import evidence
 
     if "cause" not in frame.columns:
         raise UserError("--causes-out needs trace files: timestamps files have no causes")
     try:
-        evidence(frame, loaded).write_ndjson(path)
+        with atomic_path(path, force, CAUSES_START) as tmp:
+            evidence(frame, loaded).write_ndjson(tmp)
     except OSError as exc:
         reason = exc.strerror or str(exc).splitlines()[0]
         raise UserError(f"cannot write --causes-out {path}: {reason}") from None

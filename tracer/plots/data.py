@@ -12,7 +12,8 @@ from tracer.analysis.timestamps import read_timestamps, sniff
 from tracer.errors import UserError
 from tracer.exports import spans as sp
 from tracer.exports.source import TraceStream
-from tracer.session.tracefile import check_readable, parse_header
+from tracer.front.terminal import visible
+from tracer.session.tracefile import Damage, check_readable, parse_header
 
 
 @dataclass
@@ -27,6 +28,7 @@ class PlotInput:
     workers: list[str] = field(default_factory=list)
     window: tuple[int, int] | None = None  # the run, attach to end, wall ns
     truncated: bool = False  # the trace ends mid-line; its whole lines were read
+    damage: Damage | None = None  # lines left out (not records, or damaged times)
 
     @property
     def starts_only(self) -> bool:
@@ -34,6 +36,12 @@ class PlotInput:
 
     def __len__(self) -> int:
         return len(self.starts)
+
+
+def _label(text: str | None) -> str | None:
+    """Outside text as a figure shows it: controls made visible, and `$` kept from starting
+    matplotlib's mathtext (an object named `$\\frac{$` would fail the whole figure)."""
+    return None if text is None else visible(text).replace("$", r"\$")
 
 
 def load(path: str) -> PlotInput:
@@ -50,10 +58,11 @@ def load(path: str) -> PlotInput:
 
 
 def _from_trace(stream: TraceStream) -> PlotInput:
-    rows = [(s["start_ns"], s.get("end_ns"), sp.kind(s), sp.object_name(s), sp.worker_name(s))
-            for s in stream.spans()]
+    rows = [(s["start_ns"], s.get("end_ns"), sp.kind(s), _label(sp.object_name(s)),
+             _label(sp.worker_name(s))) for s in stream.spans()]
     if not rows:
-        raise UserError(f"{stream.path} holds no call to plot")
+        why = f" ({stream.damage.message(stream.path)})" if stream.damage else ""
+        raise UserError(f"{stream.path} holds no call to plot{why}")
     rows.sort(key=lambda r: r[0])
     offset = stream.clock_offset
     run_end = stream.end_ns()
@@ -65,6 +74,7 @@ def _from_trace(stream: TraceStream) -> PlotInput:
     target = (stream.header.get("target") or {}).get("name") or "target"
     functions = stream.header.get("functions") or []
     what = sp.short_function(functions[0]) if len(functions) == 1 else "traced calls"
-    title = f"{target}: {len(rows)} calls of {what}"
+    title = _label(f"{target}: {len(rows)} calls of {what}")
     return PlotInput(stream.path, title, starts, ends, [r[2] for r in rows],
-                     [r[3] for r in rows], [r[4] for r in rows], window, stream.truncated)
+                     [r[3] for r in rows], [r[4] for r in rows], window, stream.truncated,
+                     stream.damage)

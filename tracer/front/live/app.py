@@ -20,6 +20,7 @@ from rich.live import Live
 
 from tracer.front.live.screen import SORTS, Cost, Header, render
 from tracer.front.live.state import LiveState, Snapshot
+from tracer.front.terminal import text as visible_text
 
 REFRESH_PER_SECOND = 4
 
@@ -55,10 +56,15 @@ class LiveView:
         return self.state.snapshot(self.now(), self.in_flight(), self.since())
 
     def renderable(self):
-        snap = self.frozen or self.snapshot()
-        size = self.console.size
-        return render(snap, self.header(), self.cost(), size.width, size.height, self.sort,
-                      frozen=self.frozen is not None, clock_offset=self.clock_offset())
+        try:
+            snap = self.frozen or self.snapshot()
+            size = self.console.size
+            return render(snap, self.header(), self.cost(), size.width, size.height,
+                          self.sort, frozen=self.frozen is not None,
+                          clock_offset=self.clock_offset())
+        except Exception as exc:  # noqa: BLE001 - an exception would end rich's refresh thread
+            return visible_text(f"the screen could not be drawn ({type(exc).__name__}: {exc}); "
+                                "still recording")
 
     def key(self, char: str) -> None:
         if char in ("q", "Q"):

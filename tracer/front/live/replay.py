@@ -13,6 +13,7 @@ from tracer.errors import UserError
 from tracer.front.live.app import LiveView
 from tracer.front.live.screen import Header, render
 from tracer.front.live.state import LiveState
+from tracer.front.terminal import text as visible_text
 from tracer.session.tracefile import Trace, read_trace
 
 
@@ -79,9 +80,14 @@ class Replay:
 def view(path: str, speed: float, summary: bool, console: Console | None = None) -> None:
     trace = read_trace(path)
     console = console or Console()
+    if "clock" not in trace.header:
+        raise UserError(f"{path}: its header has no clock pair: the spans cannot be replayed")
+    if trace.damage:
+        console.print(visible_text(f"warning: {trace.damage.message(path)}", "yellow"),
+                      highlight=False)
     if trace.truncated:
-        console.print(f"warning: {path} is cut; showing it up to its last whole line",
-                      style="yellow", highlight=False)
+        console.print(visible_text(f"warning: {path} is cut; showing it up to its last whole "
+                                   "line", "yellow"), highlight=False)
     clock = trace.header["clock"]
     offset = clock["realtime_ns"] - clock["monotonic_ns"]
     if summary:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from tracer.front.lines import duration, outcome
 from tracer.front.live.state import ObjectStats, Snapshot
+from tracer.front.terminal import safe_table, visible
 
 SORTS = ["recent", "calls", "time", "name"]
 
@@ -74,13 +75,13 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
     elapsed = snap.now - snap.since if snap.since is not None else 0
     top = Text()
     top.append("tracer ", style="bold cyan")
-    top.append(f"{header.target}  ", style="bold")
-    top.append(f"{header.binary}  probe {header.probe}  {header.backend}  "
-               f"up {dur(elapsed)}")
+    top.append(visible(f"{header.target}  "), style="bold")
+    top.append(visible(f"{header.binary}  probe {header.probe}  {header.backend}  "
+                       f"up {dur(elapsed)}"))
     if frozen:
         top.append("  [frozen: p to resume]", style="bold yellow")
 
-    functions = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
+    functions = safe_table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
                       show_edge=False)
     functions.add_column("function", ratio=3, no_wrap=True, overflow="ellipsis",
                          min_width=min(40, max(16, width - 62)))
@@ -130,7 +131,7 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
         request = err.get("request")
         what = f"{request['namespace']}/{request['name']} " if request else ""
         last_error.append("last error ", style="bold red")
-        last_error.append(f"{dur(snap.now - err['start_ns'])} ago: {what}{outcome(err)}")
+        last_error.append(visible(f"{dur(snap.now - err['start_ns'])} ago: {what}{outcome(err)}"))
     else:
         last_error.append("no errors", style="bold green")
 
@@ -142,7 +143,7 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
     tail_rows = max(1, min(len(snap.tail), room // 3))
     object_rows = max(1, room - tail_rows)
 
-    objects = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
+    objects = safe_table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
                     show_edge=False, title=f"{len(snap.objects)} objects, by {sort} (s)",
                     title_justify="left", title_style="bold")
     objects.add_column("object", ratio=3, no_wrap=True, overflow="ellipsis")
@@ -161,7 +162,7 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
         objects.add_row(*row, style="red" if obj.last_result not in ("ok", "") and
                         not obj.last_result.startswith("requeue") else None)
 
-    tail = Table(box=None, expand=True, pad_edge=False, padding=(0, 1), show_header=False)
+    tail = safe_table(box=None, expand=True, pad_edge=False, padding=(0, 1), show_header=False)
     tail.add_column(no_wrap=True)
     tail.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
     recent = sorted(snap.tail[-tail_rows:], key=lambda s: s["start_ns"])
@@ -171,7 +172,7 @@ def render(snap: Snapshot, header: Header, cost: Cost | None, width: int, height
             short_function(span["function"])
         bad = span.get("error") or span.get("panic")
         tail.add_row(dur(span.get("duration_ns")),
-                     Text(f"{what}  {outcome(span)}", style="red" if bad else None))
+                     Text(visible(f"{what}  {outcome(span)}"), style="red" if bad else ""))
 
     parts = [top, functions, *([steps] if steps is not None else []), idle, objects,
              last_error, tail, footer]
@@ -186,7 +187,7 @@ def _steps_table(snap: Snapshot, width: int) -> Table | None:
     of the time of the reconcile function that called it (nested steps are indented)."""
     if not snap.steps:
         return None
-    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
+    table = safe_table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1),
                   show_edge=False)
     table.add_column("step", ratio=3, no_wrap=True, overflow="ellipsis",
                      min_width=min(40, max(16, width - 40)))
