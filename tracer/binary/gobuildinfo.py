@@ -76,7 +76,7 @@ def read_buildinfo(img: ElfImage) -> tuple[str, str] | None:
         i = img.data.find(MAGIC, lo, hi)
         while i != -1:
             if (s.addr + i - lo) % _ALIGN == 0:
-                got = decode_blob(bytes(img.data[i:min(i + 4096, hi)]), img.read)
+                got = decode_blob(bytes(img.data[i:min(i + (1 << 20), hi)]), img.read)
                 if got is not None:
                     return got
             i = img.data.find(MAGIC, i + 1, hi)
