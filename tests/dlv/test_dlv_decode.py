@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from pathlib import Path
 
 import pytest
 from helpers import sample
@@ -143,12 +144,48 @@ def test_check_dlv_refuses_what_delve_cannot_trace(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="too old"):
         dlv_backend.check_dlv(analyze(str(sample("go1.19/sample-operator"))))
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(UserError, match="apt-get install delve"):
+    monkeypatch.setenv("TRACER_CACHE", str(tmp_path))
+    monkeypatch.delenv("TRACER_DLV", raising=False)
+    with pytest.raises(UserError, match="not found: run scripts/setup"):
         dlv_backend.check_dlv(analyze(str(sample("go1.19/sample-operator"))))
 
 
+def test_find_dlv_order(monkeypatch, tmp_path):
+    """$TRACER_DLV, then the Delve scripts/setup builds into the cache, then PATH."""
+    def fake(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+        return str(path)
+
+    on_path = fake(tmp_path / "path" / "dlv")
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.setenv("TRACER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRACER_DLV", raising=False)
+    assert dlv_backend.find_dlv() == on_path
+    pinned = fake(tmp_path / "cache" / f"dlv-{dlv_backend.PINNED}" / "bin" / "dlv")
+    assert dlv_backend.pinned_dlv() == pinned
+    assert dlv_backend.find_dlv() == pinned
+    asked = fake(tmp_path / "mine" / "dlv")
+    monkeypatch.setenv("TRACER_DLV", asked)
+    assert dlv_backend.find_dlv() == asked
+    monkeypatch.setenv("TRACER_DLV", str(tmp_path / "none"))
+    with pytest.raises(UserError, match="TRACER_DLV=.* is not an executable"):
+        dlv_backend.find_dlv()
+
+
+def test_setup_builds_the_pinned_delve():
+    """scripts/setup builds the very version find_dlv looks for."""
+    setup = (Path(__file__).resolve().parents[2] / "scripts" / "setup").read_text()
+    assert f"DLV_VERSION={dlv_backend.PINNED}\n" in setup
+    assert 'DLV_DIR="$CACHE/dlv-$DLV_VERSION"' in setup
+    assert "github.com/go-delve/delve/cmd/dlv@v$DLV_VERSION" in setup
+
+
 def test_check_dlv_says_how_values_are_read():
-    if dlv_backend.shutil.which("dlv") is None:
+    try:
+        dlv_backend.find_dlv()
+    except UserError:
         pytest.skip("dlv not installed")
     version = dlv_backend.dlv_version(dlv_backend.find_dlv())
     note = dlv_backend.check_dlv(analyze(str(sample("go1.27/sample-operator"))))

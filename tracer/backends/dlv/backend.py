@@ -39,17 +39,44 @@ from tracer.errors import UserError
 from tracer.probes.plan import Plan
 
 OLDEST_MEASURED = (1, 20)  # the oldest Delve this backend was measured with
+# The Delve scripts/setup builds (`go install github.com/go-delve/delve/cmd/dlv@v1.27.2` with
+# its Go 1.27) into the tracer's cache: the one the tests measure.
+PINNED = "1.27.2"
 
 
 class AgentGone(Exception):
     """The agent process ended (or stopped answering)."""
 
 
+def pinned_dlv() -> str:
+    """Where scripts/setup puts its Delve: $TRACER_CACHE (default ~/.cache/tracer)/
+    dlv-1.27.2/bin/dlv."""
+    cache = os.environ.get("TRACER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "tracer")
+    return os.path.join(cache, f"dlv-{PINNED}", "bin", "dlv")
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def find_dlv() -> str:
+    """Which Delve, in this order: $TRACER_DLV (a path; an error if it is not an executable
+    file), the one scripts/setup builds (pinned_dlv), `dlv` on PATH."""
+    asked = os.environ.get("TRACER_DLV")
+    if asked:
+        if _executable(asked):
+            return os.path.abspath(asked)
+        raise UserError(f"TRACER_DLV={asked} is not an executable file: point it at a dlv "
+                        "binary, or unset it to use the one scripts/setup builds")
+    pinned = pinned_dlv()
+    if _executable(pinned):
+        return pinned
     path = shutil.which("dlv")
     if not path:
-        raise UserError("Delve (dlv) is not installed: install it (Debian/Ubuntu: "
-                        "apt-get install delve) or use --backend gdb")
+        raise UserError(f"Delve (dlv) not found: run scripts/setup (it builds Delve {PINNED} "
+                        f"into {os.path.dirname(pinned)}), or set TRACER_DLV to a dlv, or use "
+                        "--backend gdb")
     return path
 
 
@@ -84,14 +111,13 @@ def check_dlv(info: BinaryInfo) -> str:
                         "own function table")
     version = dlv_version(path)
     if version is None:
-        raise UserError(f"`{path} version` did not say which Delve it is: reinstall Delve "
-                        "(apt-get install delve)")
+        raise UserError(f"`{path} version` did not say which Delve it is: run scripts/setup "
+                        f"(Delve {PINNED}) or set TRACER_DLV to another dlv")
     shown = ".".join(map(str, version))
     if version[:2] < OLDEST_MEASURED:
-        raise UserError(f"Delve {shown} is too old (this tracer needs Delve "
-                        f"{'.'.join(map(str, OLDEST_MEASURED))} or newer): install a newer one "
-                        "(apt-get install delve, or go install "
-                        "github.com/go-delve/delve/cmd/dlv@latest) or use --backend gdb")
+        raise UserError(f"Delve {shown} ({path}) is too old (this tracer needs Delve "
+                        f"{'.'.join(map(str, OLDEST_MEASURED))} or newer): run scripts/setup "
+                        f"(it builds Delve {PINNED}) or use --backend gdb")
     go = _go_minor(info.go_version)
     # Delve 1.N reads the DWARF of Go up to 1.N (1.20.2: "MaxSupportedVersionOfGo 1.20.0").
     if go is not None and go > version[:2]:
