@@ -47,6 +47,15 @@ def parse_utc(text: str) -> int:
     return int(seconds) * 1_000_000_000 + int(frac.ljust(9, "0"))
 
 
+def _absent(span: dict, key: str) -> bool:
+    value = span
+    for part in key.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            return True
+        value = value[part]
+    return False
+
+
 def check_rows(trace, rows: list[dict]) -> None:
     header, spans, _ = read_trace_lines(trace)
     offset = wall_offset(header)
@@ -60,8 +69,9 @@ def check_rows(trace, rows: list[dict]) -> None:
         for key, cell in row.items():
             if key in fields or key in ("start_utc", "end_utc"):
                 continue
-            # The columns of an object that is null in this span (e.g. error.type) are empty.
-            assert cell == "" and span.get(key.split(".")[0]) is None, (key, cell)
+            # The columns of a field this span does not have (error.type of a null error,
+            # error.fields.Msg of an error without fields) are empty.
+            assert cell == "" and _absent(span, key), (key, cell)
         assert parse_utc(row["start_utc"]) == span["start_ns"] + offset
         if span["end_ns"] is None:
             assert row["end_utc"] == ""
