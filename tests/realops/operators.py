@@ -7,7 +7,8 @@ a workload through the API, read its ground truth. No tracer here.
   install_crd(api_client)      the Memcached CRD, waited until Established
   operator_argv(binary, kubeconfig, truth, ...) -> list[str]   the command line alone
   start_operator(binary, kubeconfig, truth, ...) -> RealOperator  .pid .truth .records() .stop()
-  drive_workload(api_client, namespace, operator=None, plan=None) -> Workload
+  drive_workload(api_client, namespace, operator=None, plan=None) -> Workload   create/change/delete
+  churn(api_client, namespace, seconds, per_second=20, plan=None) -> Workload     a steady rate
   default_plan(prefix) -> list[Planned]; expected_error(planned, namespace) -> {"type", "message"}
 """
 
@@ -426,5 +427,61 @@ def drive_workload(api_client: client.ApiClient, namespace: str,
                                                               has_priority))
     w.changed_ns = phase("update", lambda n: OK_OUTCOME)
     w.deleted_ns = phase("delete", lambda n: OK_OUTCOME)
+    w.done_ns = time.monotonic_ns()
+    return w
+
+
+def churn_plan(prefix: str = "churn") -> list[Planned]:
+    """Objects whose reconciles keep their outcome while churn() changes them."""
+    m, c = "Memcached", "ConfigMap"
+    return [Planned(m, f"{prefix}-ok"),
+            *(Planned(m, f"{prefix}-{kind}", fail_with=kind) for kind in ERROR_KINDS),
+            Planned(c, f"{prefix}-cm-ok"), Planned(c, f"{prefix}-cm-agent", fail_with="agent")]
+
+
+def churn(api_client: client.ApiClient, namespace: str, seconds: float,
+          per_second: float = 20, plan: list[Planned] | None = None,
+          delete: bool = True) -> Workload:
+    """Create PLAN (churn_plan()), then for SECONDS change one object after the other at
+    PER_SECOND changes/s (a Memcached's spec.size, a ConfigMap's data["n"]: the planned outcome
+    stays), then delete them (unless delete=False). Each Memcached change makes about three
+    reconciles (the change, its status patch, its owned ConfigMap's patch); each ConfigMap
+    change one. Errors add rate-limited retries. Returns every action with its time."""
+    plan = churn_plan() if plan is None else plan
+    co = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+    w = Workload(namespace, plan)
+    w.created_ns = time.monotonic_ns()
+    for p in plan:
+        w.actions.append(Action(time.monotonic_ns(), "create", p.kind, namespace, p.name))
+        if p.kind == "Memcached":
+            co.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                               _memcached_body(p))
+        else:
+            core.create_namespaced_config_map(namespace, _configmap_body(p))
+    w.changed_ns = time.monotonic_ns()
+    interval = 1 / per_second
+    i = 0
+    next_t = time.monotonic()
+    end = next_t + seconds
+    while time.monotonic() < end:
+        p = plan[i % len(plan)]
+        i += 1
+        w.actions.append(Action(time.monotonic_ns(), "update", p.kind, namespace, p.name))
+        if p.kind == "Memcached":
+            co.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, p.name,
+                                              {"spec": {"size": 1 + i % 5}})
+        else:
+            core.patch_namespaced_config_map(p.name, namespace, {"data": {"n": str(i)}})
+        next_t += interval
+        time.sleep(max(0.0, next_t - time.monotonic()))
+    w.deleted_ns = time.monotonic_ns()
+    if delete:
+        for p in plan:
+            w.actions.append(Action(time.monotonic_ns(), "delete", p.kind, namespace, p.name))
+            if p.kind == "Memcached":
+                co.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, p.name)
+            else:
+                core.delete_namespaced_config_map(p.name, namespace)
     w.done_ns = time.monotonic_ns()
     return w

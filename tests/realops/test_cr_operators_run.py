@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from helpers import wait_until
 from kubernetes import client
 
 from .operators import (
@@ -20,6 +21,7 @@ from .operators import (
     MEMCACHED,
     RECONCILE_FUNCTIONS,
     SUB_RECONCILERS,
+    churn,
     drive_workload,
     expected_outcome,
     outcome_of,
@@ -95,8 +97,11 @@ def test_operator_reconciles_for_real(build, realops_cluster, cr_namespace, cr_o
     assert len({r["goroutine"] for r in records}) > 1
 
     # Events were written (events.k8s.io/v1 in v0.25, core/v1 in v0.18; the same store).
-    events = client.CoreV1Api(api).list_namespaced_event(cr_namespace).items
-    assert any(e.reason == "ConfigMapCreated" for e in events), [e.reason for e in events]
+    def created_events():
+        events = client.CoreV1Api(api).list_namespaced_event(cr_namespace).items
+        return [e for e in events if e.reason == "ConfigMapCreated"]
+
+    wait_until(created_events, 10, "a ConfigMapCreated event")
 
     # SIGTERM: the ground truth ends with the count of records, flushed.
     assert op.stop() == 0, op.stderr()[-3000:]
@@ -109,3 +114,22 @@ def test_operator_reconciles_for_real(build, realops_cluster, cr_namespace, cr_o
         assert set(SUB_RECONCILERS) <= names
     else:
         assert symbols(op.argv[0]) == set()
+
+
+def test_churn_keeps_a_steady_rate(realops_cluster, cr_namespace, cr_operator):
+    """churn(): changes at a steady rate; every change is followed by reconciles of its object,
+    errors keep their kind."""
+    op = cr_operator("cr-operator", namespace=cr_namespace)
+    w = churn(realops_cluster.api_client, cr_namespace, seconds=3, per_second=20)
+    wait_until(lambda: any(r["entry_ns"] > w.deleted_ns for r in op.records()), 10,
+               "a reconcile after the deletes")
+    op.stop()
+    records = op.records()
+    updates = [a for a in w.actions if a.verb == "update"]
+    assert 50 <= len(updates) <= 61
+    in_window = [r for r in records if w.changed_ns < r["entry_ns"] < w.deleted_ns]
+    assert len(in_window) >= len(updates)
+    for p in w.plan:
+        mine = [r for r in in_window if r["name"] == p.name]
+        assert mine, p.name
+        assert expected_outcome(p, cr_namespace, True) in map(outcome_of, mine), p
