@@ -7,9 +7,10 @@ a workload through the API, read its ground truth. No tracer here.
   install_crd(api_client)      the Memcached CRD, waited until Established
   operator_argv(binary, kubeconfig, truth, ...) -> list[str]   the command line alone
   start_operator(binary, kubeconfig, truth, ...) -> RealOperator  .pid .truth .records() .stop()
-  drive_workload(api_client, namespace, operator=None, plan=None) -> Workload   create/change/delete
-  churn(api_client, namespace, seconds, per_second=20, plan=None) -> Workload     a steady rate
-  default_plan(prefix) -> list[Planned]; expected_error(planned, namespace) -> {"type", "message"}
+  drive_workload(api_client, namespace, operator=None, plan=None) -> Workload  create/change/delete
+  churn(api_client, namespace, seconds, per_second=20, plan=None) -> Workload    a steady rate
+  default_plan(prefix, copies=1) -> list[Planned]     the objects, and what their reconciles return
+  expected_outcome(planned, namespace, has_priority) -> {requeue, requeue_after_ns, priority, error}
 """
 
 from __future__ import annotations
@@ -244,21 +245,26 @@ class Planned:
         return MEMCACHED if self.kind == "Memcached" else LABELED_CONFIGMAP
 
 
-def default_plan(prefix: str = "mc") -> list[Planned]:
-    """Every result field and every error kind, through both controllers."""
+def default_plan(prefix: str = "mc", copies: int = 1) -> list[Planned]:
+    """Every result field and every error kind, through both controllers: 9 Memcacheds and 5
+    labeled ConfigMaps per copy (names PREFIX-KIND, or PREFIX-I-KIND with copies > 1)."""
     m, c = "Memcached", "ConfigMap"
-    return [
-        Planned(m, f"{prefix}-ok"),
-        Planned(m, f"{prefix}-requeue", requeue=True),
-        Planned(m, f"{prefix}-after", requeue_after_ms=300),
-        Planned(m, f"{prefix}-priority", requeue_after_ms=400, priority=7),
-        *(Planned(m, f"{prefix}-{kind}", fail_with=kind) for kind in ERROR_KINDS),
-        Planned(c, f"{prefix}-cm-ok"),
-        Planned(c, f"{prefix}-cm-after", requeue_after_ms=250, priority=3),
-        Planned(c, f"{prefix}-cm-conflict", fail_with="conflict"),
-        Planned(c, f"{prefix}-cm-wrapped", fail_with="wrapped"),
-        Planned(c, f"{prefix}-cm-agent", fail_with="agent"),
-    ]
+    plan = []
+    for i in range(copies):
+        pre = prefix if copies == 1 else f"{prefix}-{i}"
+        plan += [
+            Planned(m, f"{pre}-ok"),
+            Planned(m, f"{pre}-requeue", requeue=True),
+            Planned(m, f"{pre}-after", requeue_after_ms=300),
+            Planned(m, f"{pre}-priority", requeue_after_ms=400, priority=7),
+            *(Planned(m, f"{pre}-{kind}", fail_with=kind) for kind in ERROR_KINDS),
+            Planned(c, f"{pre}-cm-ok"),
+            Planned(c, f"{pre}-cm-after", requeue_after_ms=250, priority=3),
+            Planned(c, f"{pre}-cm-conflict", fail_with="conflict"),
+            Planned(c, f"{pre}-cm-wrapped", fail_with="wrapped"),
+            Planned(c, f"{pre}-cm-agent", fail_with="agent"),
+        ]
+    return plan
 
 
 def expected_error(p: Planned, namespace: str) -> dict | None:
