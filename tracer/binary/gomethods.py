@@ -25,6 +25,7 @@ class Signature:
     interface: str  # the interface type's name, e.g. "reconcile.TypedReconciler[...]"
     params: tuple[int, ...]  # parameter type descriptor addresses (static)
     results: tuple[int, ...]
+    concrete: int = 0  # the type descriptor of the receiver type the itab is for
 
 
 def method_signatures(img: ElfImage, info: BinaryInfo, fn: Function) -> list[Signature]:
@@ -47,7 +48,7 @@ def method_signatures(img: ElfImage, info: BinaryInfo, fn: Function) -> list[Sig
             if addr % 8 == 0:
                 sig = _itab_method(read, base, end, addr, method)
                 if sig is not None:
-                    found[(sig.interface, sig.params, sig.results)] = sig
+                    found[(sig.interface, sig.params, sig.results, sig.concrete)] = sig
             i = img.data.find(needle, i + 1, hi)
     return list(found.values())
 
@@ -67,7 +68,7 @@ def _itab_method(read, base: int, end: int, fun_word: int, method: str) -> Signa
                 continue
             params, results = gotypes.func_signature(read, methods[k][1])
             return Signature(gotypes.type_name(read, base, inter), tuple(params),
-                             tuple(results))
+                             tuple(results), typ)
         except (BinaryError, gotypes.TypeDecodeError, struct.error, ValueError):
             continue
     return None

@@ -10,7 +10,8 @@ import click
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.front.terminal import echo
-from tracer.probes import library
+from tracer.probes import decoders, library
+from tracer.probes.plan import ENTRY, EXIT
 from tracer.probes.spec import KIND_RUST_ASYNC, ProbeSpec
 
 
@@ -146,3 +147,34 @@ def check(target: str, only: str | None) -> None:
                 echo(f"    {item}")
     if best is None:
         sys.exit(1)
+    _decoded(info, best.probe)
+
+
+def _decoded(info: BinaryInfo, probe: ProbeSpec) -> None:
+    """What the chosen probe really traces in this binary and which fields it decodes (each
+    function checked against its signature), with the plan's notes."""
+    from tracer.probes.compile import compile_plan
+
+    try:
+        plan = compile_plan(info, probe=probe)
+    except UserError as exc:
+        echo(f"  {probe.name} cannot trace it: {exc}")
+        return
+    echo(f"  traced with {probe.name}:")
+    for function in plan.functions:
+        points = [p for p in plan.points if p.function == function]
+        entry = next((p.decode for p in points if p.role == ENTRY), None)
+        exit_ = next((p.decode for p in points if p.role == EXIT), None)
+        echo(f"    {function}")
+        echo(f"      entry: {_fields(entry)}; return: {_fields(exit_)}")
+    for note in plan.notes:
+        if note != plan.choice:
+            echo(f"    note: {note}")
+
+
+def _fields(decoder: str | None) -> str:
+    if decoder is None:
+        return "times only"
+    fields = [f.name for f in decoders.DECODERS[decoder].fields] \
+        if decoder in decoders.DECODERS else [decoder]
+    return f"{', '.join(fields)} ({decoder})"

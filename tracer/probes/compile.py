@@ -9,7 +9,7 @@ from tracer.binary.analyze import find_functions, nearest_names
 from tracer.binary.disasm import go_post_prologue, native_entry, return_addresses
 from tracer.binary.model import BinaryInfo, Function
 from tracer.errors import UserError
-from tracer.probes import decoders, layouts, library, spec
+from tracer.probes import layouts, library, spec
 from tracer.probes.plan import (
     ENTRY,
     EXIT,
@@ -194,7 +194,7 @@ def _compile_go(info: BinaryInfo, functions: list[tuple[Function, FunctionSpec]]
         )
     plan.go_goid_offset = info.go_goid_offset
     plan.go_types_base = info.go_types_base
-    plan.go_error_slots = [list(slot) for slot in decoders.error_slots(info.go_modules)]
+    plan.go_error_slots = [list(slot) for slot in layouts.error_slots(info)]
     for fn, fs in functions:
         _add(plan, fn, fs)
         key = _point_key(fs)

@@ -174,22 +174,16 @@ def named(name: str | None, value) -> dict:
 
 # -- kernel uprobes: the same fields as fetch-args -------------------------------------------
 STRING_BYTES = 256  # a string's bytes as one u64[32] (the gdb agent reads up to 1,024)
-# Where uprobes read an error's fields, as (offset in the pointed-to value, kind): what the
-# known error types hold there (tracer.binary.govalues.KNOWN_ERRORS: errors.errorString.s,
-# fmt.wrapError.msg at 0; StatusError's ErrStatus.Message, .Reason at 104, 120 and .Code at
-# 144 in every apimachinery to date). The kernel cannot choose by type, so it reads each
-# slot of the error types the binary is built with; the reader keeps one only where the
-# type's descriptor puts that field exactly there.
+# Where uprobes read an error's fields, as (offset in the pointed-to value, kind): where the
+# known error types of this binary hold their message and extra fields (errors.errorString.s
+# and fmt.wrapError.msg at 0; StatusError's ErrStatus.Message, .Reason, .Code wherever this
+# apimachinery puts them), read from the binary's own type descriptors at compile time
+# (tracer.probes.layouts.error_slots). The kernel cannot choose by type, so it reads every
+# slot; the reader keeps one only where the error's type descriptor puts that field exactly
+# there.
 ErrorSlots = tuple[tuple[int, str], ...]
 STD_ERROR_SLOTS: ErrorSlots = ((0, STRING),)
-API_ERROR_SLOTS: ErrorSlots = ((104, STRING), (120, STRING), (144, "s32"))
-APIMACHINERY = "k8s.io/apimachinery"
-
-
-def error_slots(go_modules: dict[str, str]) -> ErrorSlots:
-    """The slots worth reading in a binary built with these modules (each costs the kernel
-    a read, and a fault when the error is nil)."""
-    return STD_ERROR_SLOTS + (API_ERROR_SLOTS if APIMACHINERY in go_modules else ())
+SLOT_KINDS = {KIND_STRING: STRING, KIND_INT32: "s32"}  # Go kind -> fetch-arg type
 
 
 def _tracefs_reg(reg: str) -> str:
@@ -279,7 +273,7 @@ def _fetched_error(field: Field, f: dict, n: str, mem: GoMemory, capture: bool,
 
     def slot(where: tuple[int, int]):
         off, kind = where
-        expected = {KIND_STRING: STRING, KIND_INT32: "s32"}.get(kind)
+        expected = SLOT_KINDS.get(kind)
         return fetched.get(off) if dict(slots).get(off) == expected else None
 
     message = layout.constant

@@ -17,7 +17,9 @@ import dataclasses
 from tracer.binary import gotypes
 from tracer.binary.elfimage import ElfImage
 from tracer.binary.gomethods import Signature, method_signatures
+from tracer.binary.govalues import KNOWN_ERRORS, GoMemory
 from tracer.binary.model import BinaryError, BinaryInfo, Function
+from tracer.probes import decoders
 from tracer.probes.spec import FunctionSpec
 
 CONTROLLER_RUNTIME = "sigs.k8s.io/controller-runtime"
@@ -158,3 +160,34 @@ def _decide(fn: Function, fs: FunctionSpec, shapes: list[Shape], cr: str | None,
             notes.append(f"result layout: Result {layout} ({where}, from the runtime type "
                          "data)")
     return dataclasses.replace(fs, exit=exit_decoder)
+
+
+def error_slots(info: BinaryInfo) -> decoders.ErrorSlots:
+    """Where the known error types of this binary keep the fields uprobes should read: each
+    type found through the itab of its Error method, its fields located by name in its type
+    descriptor. A type the binary does not have (or a PIE build) adds no slot."""
+    slots: dict[int, str] = dict(decoders.STD_ERROR_SLOTS)
+    if info.language != "go" or info.go_types_base is None:
+        return tuple(sorted(slots.items()))
+    try:
+        img = ElfImage(info.path)
+    except BinaryError:
+        return tuple(sorted(slots.items()))
+    try:
+        memory = GoMemory(img.read, info.go_types_base, None)
+        for package, name in KNOWN_ERRORS:
+            fn = info.function_named(f"{package}.(*{name}).Error")
+            if fn is None:
+                continue
+            for sig in method_signatures(img, info, fn):
+                try:
+                    layout = memory.error_layout(sig.concrete)
+                except (BinaryError, gotypes.TypeDecodeError, ValueError):
+                    continue
+                for off, kind in ([layout.message] if layout.message else []) + list(
+                        layout.extra.values()):
+                    if kind in decoders.SLOT_KINDS and off not in slots:
+                        slots[off] = decoders.SLOT_KINDS[kind]
+    finally:
+        img.close()
+    return tuple(sorted(slots.items()))

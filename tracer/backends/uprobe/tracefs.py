@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
 import tempfile
+import time
 
 from tracer.errors import UserError
 
@@ -65,13 +67,22 @@ def _remove_group(root: str, group: str) -> None:
             write(os.path.join(instance, "events", group, "enable"), "0")
         except OSError:
             pass
-    with open(os.path.join(root, "uprobe_events")) as f:
-        names = [m.group(1) for m in re.finditer(rf"p:({group}/\w+) ", f.read())]
-    for name in names:
-        try:
-            write(os.path.join(root, "uprobe_events"), f"-:{name}\n", append=True)
-        except OSError:
-            pass
+    # The kernel takes a probe's int3 out of the operator when the probe is removed. Removal
+    # can be refused for a moment (EBUSY) just after the event was disabled: retried, since a
+    # probe left behind keeps its int3 (seen once here on a real operator's RET).
+    deadline = time.monotonic() + 2
+    while True:
+        with open(os.path.join(root, "uprobe_events")) as f:
+            names = [m.group(1) for m in re.finditer(rf"p:({group}/\w+) ", f.read())]
+        busy = False
+        for name in names:
+            try:
+                write(os.path.join(root, "uprobe_events"), f"-:{name}\n", append=True)
+            except OSError as exc:
+                busy = busy or exc.errno == errno.EBUSY
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     if os.path.isdir(instance):
         try:
             os.rmdir(instance)
