@@ -191,6 +191,8 @@ def test_check_dlv_says_how_values_are_read():
     note = dlv_backend.check_dlv(analyze(str(sample("go1.27/sample-operator"))))
     if version[:2] < (1, 27):
         assert "values from registers" in note
+    else:  # Delve 1.27 reads Go 1.27's DWARF 5
+        assert "values by name on -gcflags=all=-N -l builds" in note
     assert "by name" in dlv_backend.check_dlv(analyze(str(sample("go1.19/sample-operator-debug"))))
     assert os.path.basename(dlv_backend.find_dlv()) == "dlv"
 

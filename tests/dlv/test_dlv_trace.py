@@ -21,10 +21,12 @@ KNOBS = [
     "-error-every", "9", "-requeue-every", "13", "-requeue-after-every", "17",
     "-recurse-every", "23", "-panic-every", "101", "-linger",
 ]
-# build -> how Delve 1.20 reads its values (measured: by name needs -N -l and a Go it knows)
+# build -> how Delve reads its values (by name needs -N -l and a Go it knows: Delve 1.20.2
+# read no argument of Go 1.27's DWARF 5, Delve 1.27.2 reads them)
 BUILDS = {
     "go1.19/sample-operator-debug": "by name",
     "go1.19/sample-operator": "from registers",
+    "go1.27/sample-operator-debug": "by name",
     "go1.27/sample-operator": "from registers",
 }
 

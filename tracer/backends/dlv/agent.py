@@ -8,13 +8,15 @@ gdb agent: [ts_ns, point, lwp, goid, sp, value, handler_ns].
 Why a process of its own: Delve (started without --accept-multiclient) halts and detaches
 when its client's connection ends, and that halt is `kill(pid, SIGTRAP)`: if it races a
 breakpoint hit, the SIGTRAP stays pending and reaches the operator after the detach, which
-kills a Go program ("SIGTRAP: trace trap"). Measured with Delve 1.20.2: a raw client killed
-while the operator ran 400 calls/s left it a SIGTRAP in 5 of 6 runs (the sample operator
-catches it; a real one dies); with --accept-multiclient the operator stays frozen in tracing
-stop instead. So the connection must not end with the tracer: this agent holds it, and when
-the tracer goes away (end of stdin, SIGTERM, SIGHUP, SIGINT) it leaves the safe way, then
-exits. If the tracer died before the agent connected, the agent finds Delve's port in
-dlv.log and detaches it (Delve would otherwise keep the operator stopped, waiting).
+kills a Go program ("SIGTRAP: trace trap"). Measured: a raw client killed while the operator
+ran 400 calls/s left it a SIGTRAP in 5 of 6 runs with Delve 1.20.2, in 9 of 16 with Delve
+1.27.2, whose server still halts and detaches when its one client goes (rpccommon's
+ServerImpl.Stop). The sample operator catches it; a real one dies. With --accept-multiclient
+the operator stays frozen in tracing stop instead. So the connection must not end with the
+tracer: this agent holds it, and when the tracer goes away (end of stdin, SIGTERM, SIGHUP,
+SIGINT) it leaves the safe way, then exits. If the tracer died before the agent connected,
+the agent finds Delve's port in dlv.log and detaches it (Delve would otherwise keep the
+operator stopped, waiting).
 
 The safe way out (`park`, then `detach`):
 1. Never halt while breakpoints can fire: wait up to IDLE_WAIT for the next hit; that stop is
@@ -25,6 +27,9 @@ The safe way out (`park`, then `detach`):
    breakpoint can race that halt, so the stop it causes consumed its SIGTRAP.
 3. If a hit still came with the halt, clear every breakpoint and continue once more so a
    pending SIGTRAP is taken by Delve (or halt again if none was pending) before detaching.
+   Measured, a halt sent in full flow (400 calls/s) and detached without this drain: a
+   SIGTRAP reached the operator in 13 of 15 runs with Delve 1.20.2, 12 of 15 with Delve
+   1.27.2; with it, in none of 15 with either.
 """
 
 from __future__ import annotations
@@ -218,8 +223,11 @@ class Agent:
             return "name", "asked for"
         optimized = self._optimized_functions()
         if optimized:
+            # Delve 1.20.2 could not read an optimized function's results ("empty OP stack");
+            # 1.27.2 read the sample's (TRACER_DLV_VALUES=name), but registers stay the way
+            # for optimized builds, as the gdb agent reads them.
             return "registers", (f"{optimized[0]} is optimized (built without "
-                                 "-gcflags=all=-N -l), its results are unreadable by name")
+                                 "-gcflags=all=-N -l)")
         return "name", ""
 
     def _optimized_functions(self) -> list[str]:

@@ -4,12 +4,16 @@ Processes, each started in a session of its own so a Ctrl-C on the tracer's term
 only the tracer, and each ended by its PID:
 - `dlv attach PID --headless --api-version=2 --accept-multiclient=false
   --listen=127.0.0.1:0`, its output to a file in a private folder (never a pipe of the
-  tracer: dlv would die with it). Delve 1.20 has no unix-socket listener; its API has no
-  authentication, so it listens on loopback only and, by its default --only-same-user,
-  accepts only connections from the same user; without --accept-multiclient it accepts one.
+  tracer: dlv would die with it). Its API has no authentication, so it listens on loopback
+  only and, by its default --only-same-user, accepts only connections from the same user;
+  without --accept-multiclient it accepts one. (Delve 1.23 and newer could listen on a unix
+  socket in the private folder instead; loopback TCP serves every Delve from 1.20 on.)
 - the agent (tracer/backends/dlv/agent.py), Delve's one client: it arms the plan, runs the
   continue loop, writes hit lines to the pipe read at `hits_fd`, and leaves the operator
   cleanly whenever the tracer goes away, SIGKILL included.
+
+Which dlv: see find_dlv ($TRACER_DLV, then the Delve 1.27.2 scripts/setup builds into the
+tracer's cache, then PATH).
 
 TRACER_DLV_VALUES=auto|name|registers forces how values are read (default auto: by name
 when Delve can, else registers); the choice is written in the trace header's notes.
@@ -98,9 +102,11 @@ def _go_minor(version: str | None) -> tuple[int, int] | None:
 
 def check_dlv(info: BinaryInfo) -> str:
     """Can Delve trace this binary? UserError (one line) if not; else a note on how values
-    will be read. Measured with Delve 1.20.2: it refuses `exec` of Go 1.27 binaries and
-    binaries without DWARF; `attach` to a Go 1.27 binary sets breakpoints and reports
-    goroutines but loads no argument, so values are read from registers instead."""
+    will be read. Delve refuses binaries without DWARF. Measured with Delve 1.20.2: `attach`
+    to a Go 1.27 binary (DWARF 5) sets breakpoints and reports goroutines but loads no
+    argument, so values are read from registers instead. Delve 1.27.2 (Go 1.25 to 1.27 by
+    its own check, which the backend turns off) loads the arguments and results of Go 1.19
+    and Go 1.27 builds alike."""
     path = find_dlv()
     if info.language != "go":
         raise UserError(f"--backend dlv traces Go programs only and {info.path} is not one: "
@@ -119,7 +125,8 @@ def check_dlv(info: BinaryInfo) -> str:
                         f"{'.'.join(map(str, OLDEST_MEASURED))} or newer): run scripts/setup "
                         f"(it builds Delve {PINNED}) or use --backend gdb")
     go = _go_minor(info.go_version)
-    # Delve 1.N reads the DWARF of Go up to 1.N (1.20.2: "MaxSupportedVersionOfGo 1.20.0").
+    # Delve 1.N reads the DWARF of Go up to 1.N (MaxSupportedVersionOfGo: 1.20.0 in Delve
+    # 1.20.2, 1.27.0 in 1.27.2).
     if go is not None and go > version[:2]:
         return (f"dlv {shown}: {info.go_version} is newer than it can read arguments of "
                 f"(Go up to {version[0]}.{version[1]}); values from registers")
