@@ -87,6 +87,16 @@ DECODERS: dict[str, Decoder] = {d.name: d for d in (
             "a key string after the receiver and ctx", single=True, names_only=True),
     Decoder("go-error", "go", EXIT, (_f("error", ERROR, "rax", "rbx"),),
             "a lone error result", single=True),
+    # Two strings after the receiver, (r, namespace, name string): kube-controller-manager's
+    # pvcprotection processPVC.
+    Decoder("go-namespace-name", "go", ENTRY,
+            (_f("namespace", STRING, "rbx", "rcx"), _f("name", STRING, "rdi", "rsi")),
+            "namespace and name strings after the receiver", names_only=True),
+    # (x, error) with x one register (bool, pointer, int): the error after it, x not read.
+    # kube-controller-manager's syncJob (bool, error), reconcileKey (bool, error), cronjob
+    # v2's sync (*time.Duration, error).
+    Decoder("go-second-error", "go", EXIT, (_f("error", ERROR, "rbx", "rcx"),),
+            "an error after a one-register result: (bool, error), (*T, error)", single=True),
     Decoder("go-duration", "go", EXIT, (_f("duration", INT, "rax"),),
             "a time.Duration result", single=True),
     Decoder("go-duration-arg", "go", ENTRY, (_f("duration", INT, "rbx"),),
