@@ -182,6 +182,16 @@ def test_setup_builds_the_pinned_delve():
     assert "github.com/go-delve/delve/cmd/dlv@v$DLV_VERSION" in setup
 
 
+def test_every_controller_runtime_decoder_can_be_read_by_name():
+    """Both layouts of controller-runtime's Result (with Priority since v0.23) go through
+    Delve's LoadArgs when values are read by name, not only the old one."""
+    from tracer.backends.dlv.agent import BY_NAME_LOAD
+    from tracer.probes.decoders import RESULT_DECODERS
+
+    assert set(BY_NAME_LOAD) == {"cr-request", *RESULT_DECODERS}
+    assert all(BY_NAME_LOAD[d] is decode.EXIT_LOAD for d in RESULT_DECODERS)
+
+
 def test_check_dlv_says_how_values_are_read():
     try:
         dlv_backend.find_dlv()

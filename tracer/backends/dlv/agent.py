@@ -57,6 +57,10 @@ MAX_AGENT_ERRORS = 20
 NAME_FAILURES_BEFORE_REGISTERS = 3
 MAX_CONTINUE_ERRORS = 20
 
+# Decoders Delve can give by name (LoadArgs at the breakpoint): what it loads for each.
+BY_NAME_LOAD = {"cr-request": decode.ENTRY_LOAD, "cr-result": decode.EXIT_LOAD,
+                "cr-result-priority": decode.EXIT_LOAD}
+
 LISTENING = re.compile(rb"API server listening at: [\d.]+:(\d+)")
 STOPPED, RUNNING, EXITED, DETACHED, LOST = "stopped", "running", "exited", "detached", "lost"
 
@@ -206,7 +210,7 @@ class Agent:
     def _load_config(self, decoder: str | None) -> dict | None:
         if self.mode != "name":
             return None
-        return {"cr-request": decode.ENTRY_LOAD, "cr-result": decode.EXIT_LOAD}.get(decoder or "")
+        return BY_NAME_LOAD.get(decoder or "")
 
     def _choose_mode(self, asked: str) -> tuple[str, str]:
         """("name" or "registers", why). By name needs a Delve that knows the operator's Go
@@ -234,7 +238,7 @@ class Agent:
         assert self.rpc is not None
         names = []
         for point in self.points:
-            if point["decode"] not in ("cr-request", "cr-result"):
+            if point["decode"] not in BY_NAME_LOAD:
                 continue
             locs = self.rpc.call("FindLocation", Scope={"GoroutineID": -1},
                                  Loc=f"*0x{point['addr'] + self.bias:x}")["Locations"]
@@ -366,7 +370,7 @@ class Agent:
             value = sp = None
             regs = None
             done = False
-            if self.mode == "name" and point["decode"] in ("cr-request", "cr-result"):
+            if self.mode == "name" and point["decode"] in BY_NAME_LOAD:
                 done, value, sp = self._by_name(point, thread)
             if not done or point["key"] == "goid-rax" or sp is None:
                 regs = self._registers(thread["id"])
@@ -403,6 +407,9 @@ class Agent:
         load arguments, which costs time at every hit, and read registers from now on."""
         assert self.rpc is not None
         self.mode = "registers"
+        print(f"by name failed {self._name_failures} times in a row "
+              f"({self.register_fallbacks} in all): values from registers from now on",
+              file=sys.stderr, flush=True)
         for bp_id, spec in self.bp_specs.items():
             if spec.get("LoadArgs"):
                 spec = {**spec, "LoadArgs": None}
