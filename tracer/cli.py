@@ -246,11 +246,14 @@ def attach(target: str | None, output: str | None, force: bool, duration: float 
     if target is None and selector is None:
         raise UserError("name what to trace: a PID, a pod (POD, pod/NAME, deploy/NAME) or "
                         "-l SELECTOR")
+    pid_watch = False
     if target is not None and target.isdigit() and selector is None:
-        if namespace or container or context or kubeconfig or watch or agent:
-            raise UserError(f"{target} is a PID: -n, -c, --context, --kubeconfig, --watch and "
-                            "--agent are for pods")
+        if container or agent:
+            raise UserError(f"{target} is a PID: -c and --agent are for pods")
         pid, tags, kube = int(target), None, None
+        # An operator run outside the cluster (Kubebuilder's `make run`): its objects'
+        # changes are recorded when the user names a cluster or what to watch.
+        pid_watch = bool(namespace or context or kubeconfig or watch)
     else:
         from tracer.front.attach_pods import trace_local_pods, trace_via_agents
         from tracer.kube.session import find_pods
@@ -293,6 +296,13 @@ def attach(target: str | None, output: str | None, force: bool, duration: float 
     out = check_output(output or _default_output(name, pid), "--output", force)
     run_target = Target(pid=pid, name=proc.name, exe=proc.exe_target, tags=tags)
     watcher = kube.watcher(watch, plan.functions) if kube else None
+    if pid_watch:
+        from tracer.kube.client import connect
+        from tracer.kube.session import KubeTargets
+
+        conn = connect(kubeconfig, context)
+        watcher = KubeTargets(conn, namespace or conn.namespace, []).watcher(
+            watch, plan.functions)
     _trace(run_target, info, plan, out, duration, quiet, plain, backend,
            (max_stopped, budget_window), watcher)
 

@@ -214,11 +214,19 @@ def attribute(spans: pl.DataFrame, events: pl.DataFrame,
                         pl.col("c_end").alias(f"e{suffix}")))
 
     # The first call starting within the slack before the event, if it was still running
-    # when the event was stamped; else the first call starting after it.
+    # when the event was stamped and no earlier event of the object came within that slack
+    # (the tracer may hear a change a little after the operator; a second change heard
+    # while the call runs is the next call's, as the queue marks the object dirty); else
+    # the first call starting after it.
     early = first_call(pl.col("ts") - settings.event_slack_ns, "1")
     late = first_call(pl.col("ts"), "2").select("pair", "c2")
     ts = pl.col("ts")
-    reaches = (pl.col("s1") >= ts) | pl.col("e1").is_null() | (pl.col("e1") >= ts)
+    expanded = expanded.sort("obj", "ts", "event").with_columns(
+        pl.col("ts").shift(1).over("obj").alias("previous_ts"))
+    explained = pl.col("previous_ts").is_not_null() & (
+        pl.col("previous_ts") >= pl.col("s1") - settings.event_slack_ns)
+    reaches = (pl.col("s1") >= ts) | (
+        (pl.col("e1").is_null() | (pl.col("e1") >= ts)) & ~explained)
     used_events = (expanded.join(early, on="pair").join(late, on="pair")
                    .with_columns(pl.when(reaches).then("c1").otherwise("c2").alias("m"))
                    .filter(pl.col("m").is_not_null())
@@ -303,25 +311,39 @@ def _timers(keyed: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     )
 
 
+def _routes(events: pl.DataFrame) -> pl.DataFrame:
+    """(idx: the event's row, ts, kind, namespace, name) of the objects each event can queue:
+    its own, and its controller owner's (controller-runtime's Owns(): a change of an owned object
+    queues the owner). Events of traces made before owners were recorded have none."""
+    indexed = events.with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
+    own = indexed.select("idx", "ts", "kind", "namespace", "name")
+    if "owner_kind" not in events.columns:
+        return own
+    owned = indexed.filter(pl.col("owner_kind").is_not_null()).select(
+        "idx", "ts", pl.col("owner_kind").alias("kind"), "namespace",
+        pl.col("owner_name").alias("name"))
+    return pl.concat([own, owned]).sort("ts", "idx", maintain_order=True)
+
+
 def _event_objects(events: pl.DataFrame, objects: pl.DataFrame) -> pl.DataFrame:
     """Each watch event against each object (controller) it triggers: (obj, ts, event)."""
     empty = pl.DataFrame(schema={"obj": pl.UInt32, "ts": pl.Int64, "event": pl.Int64})
     if events.height == 0 or objects.height == 0:
         return empty
     functions = objects["function"].unique().drop_nulls().sort().to_list()
-    kinds = events["kind"].unique().to_list()
+    routed = _routes(events)
+    kinds = routed["kind"].unique().to_list()
     routes = pl.DataFrame(
         [(kind, function) for kind, targets in zip(kinds, event_functions(kinds, functions),
                                                    strict=True) for function in targets],
         schema={"kind": pl.String, "function": pl.String}, orient="row")
-    indexed = events.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("event"), "ts",
-                            "kind", "namespace", "name").filter(pl.col("ts").is_not_null())
+    indexed = routed.filter(pl.col("ts").is_not_null())
     codes = dict(zip(objects.select(pl.concat_str(OBJECT_KEY, separator="\x00"))
                      .to_series().to_list(), objects["obj"].to_list(), strict=True))
     return (indexed.join(routes, on="kind", nulls_equal=True)
             .select(pl.concat_str(OBJECT_KEY, separator="\x00")
                     .replace_strict(codes, default=None, return_dtype=pl.UInt32).alias("obj"),
-                    "ts", "event")
+                    "ts", pl.col("idx").alias("event"))
             .filter(pl.col("obj").is_not_null()))
 
 
@@ -342,12 +364,12 @@ def _events_by_object(spans: pl.DataFrame,
     if events.height == 0:
         return {}
     functions = [f for f in spans["function"].unique().sort().to_list() if f is not None]
-    kinds = events["kind"].to_list()
+    routed = _routes(events)
+    kinds = routed["kind"].to_list()
     targets = dict(zip(set(kinds), event_functions(list(set(kinds)), functions), strict=True))
     out: dict[tuple, list[tuple[int, int]]] = {}
-    rows = events.with_row_index("row").sort("ts", "row")
-    for row, ts, kind, namespace, name in rows.select(
-            "row", "ts", "kind", "namespace", "name").iter_rows():
+    for row, ts, kind, namespace, name in routed.select(
+            "idx", "ts", "kind", "namespace", "name").iter_rows():
         if ts is None:
             continue
         for function in targets[kind]:
@@ -384,12 +406,18 @@ def _assign_events(events: list[tuple[int, int]], rows: list[int], start: list, 
     """Each event's call, by the rule in `attribute`; a call keeps its earliest event."""
     starts = [start[row] for row in rows]
     assigned: dict[int, tuple[int, int]] = {}
+    previous_ts = None
     for ts, event_row in events:
         i = bisect.bisect_left(starts, ts - settings.event_slack_ns)
-        if i < len(rows) and starts[i] < ts and end[rows[i]] is not None and end[rows[i]] < ts:
-            i = bisect.bisect_left(starts, ts, lo=i)  # it had ended: the next call's
+        if i < len(rows) and starts[i] < ts and (
+                (end[rows[i]] is not None and end[rows[i]] < ts)
+                or (previous_ts is not None
+                    and previous_ts >= starts[i] - settings.event_slack_ns)):
+            # It had ended, or an earlier event already explains it: the next call's.
+            i = bisect.bisect_left(starts, ts, lo=i)
         if i < len(rows):
             assigned.setdefault(rows[i], (ts, event_row))
+        previous_ts = ts
     return assigned
 
 

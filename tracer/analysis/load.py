@@ -45,6 +45,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "namespace": _STR,
     "name": _STR,
     "event": _STR,
+    "owner": pl.Struct({"kind": _STR, "name": _STR}),
     "parent": _I64,
     "depth": _I64,
 }
@@ -231,6 +232,8 @@ def _read_trace(path: str, index: int, warn: Callable[[str], None]
         pl.lit(index, pl.UInt32).alias("source"),
         (pl.col("ts_ns") + offset).alias("ts"),
         "kind", "namespace", "name", "event",
+        pl.col("owner").struct.field("kind").alias("owner_kind"),
+        pl.col("owner").struct.field("name").alias("owner_name"),
     )
     # The window the tracer watched: from the attach to the end line (or the last thing seen).
     lo = int(clock["monotonic_ns"]) + offset if "monotonic_ns" in clock else None
@@ -300,7 +303,8 @@ def load(paths: list[str], warn: Callable[[str], None] = lambda message: None) -
         events = pl.concat(event_frames, how="vertical_relaxed")
     else:
         events = pl.DataFrame(schema={"source": pl.UInt32, "ts": _I64, "kind": _STR,
-                                      "namespace": _STR, "name": _STR, "event": _STR})
+                                      "namespace": _STR, "name": _STR, "event": _STR,
+                                      "owner_kind": _STR, "owner_name": _STR})
     if spans.height == 0:
         raise UserError("no calls to report: " + ", ".join(
             f"{s.path} has no span" for s in sources))

@@ -174,8 +174,18 @@ class Watcher:
             "uid": meta.get("uid"),
             "resource_version": meta.get("resourceVersion"),
             "generation": meta.get("generation"),
+            # controller-runtime's Owns(): a change of an owned object queues its owner.
+            "owner": _controller_owner(meta),
         })
         return meta.get("resourceVersion")
+
+
+def _controller_owner(meta: dict) -> dict | None:
+    """The owner reference marked controller: {"kind", "name"} (same namespace), or None."""
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return {"kind": ref.get("kind"), "name": ref.get("name")}
+    return None
 
 
 class _Expired(Exception):
