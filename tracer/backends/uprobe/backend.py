@@ -6,6 +6,7 @@ until the next run removes them (or the operator exits).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -196,9 +197,7 @@ class UprobeBackend:
             size = os.environ.get("TRACER_UPROBE_BUFFER_KB", str(BUFFER_KB))
             tracefs.write(os.path.join(self.instance, "buffer_size_kb"), size)
             self._calibrate(plan, info, exe)
-            tasks = " ".join(os.listdir(f"/proc/{self.pid}/task"))
-            tracefs.write(os.path.join(self.instance, "options", "event-fork"), "1")
-            tracefs.write(os.path.join(self.instance, "set_event_pid"), tasks)
+            self._filter_threads()
             self._layout = ringbuf.page_layout(self.root)
             for index, event in enumerate(self.events):
                 event_id, fields = ringbuf.event_format(self.root, self.group, event)
@@ -215,6 +214,22 @@ class UprobeBackend:
         if self._release:
             self._await_exec(exe)  # from its first instruction, every call is recorded
         return len(definitions)
+
+    def _filter_threads(self) -> None:
+        """Record the operator's threads only. event-fork first, so a thread made by one
+        already in the filter joins it; then the threads listed until no new one appears
+        (one made between a listing and the filter's write would otherwise be left out, and
+        a goroutine's calls on it silently missing: a loss never counted)."""
+        tracefs.write(os.path.join(self.instance, "options", "event-fork"), "1")
+        added: set[str] = set()
+        for _ in range(50):
+            new = set(os.listdir(f"/proc/{self.pid}/task")) - added
+            if not new:
+                return
+            tracefs.write(os.path.join(self.instance, "set_event_pid"), " ".join(sorted(new)),
+                          append=bool(added))
+            added |= new
+        raise OSError(errno.EAGAIN, "the operator's threads kept changing")
 
     def _calibrate(self, plan: Plan, info: BinaryInfo, exe: str) -> None:
         """The cost of one hit of these probes, before the operator's are recorded."""
