@@ -79,6 +79,13 @@ _ID = struct.Struct("<H")
 _PID = struct.Struct("<i")
 
 
+def _runs(pid: str, exe: str) -> bool:
+    try:
+        return os.path.realpath(f"/proc/{pid}/exe") == exe
+    except OSError:
+        return False
+
+
 class UprobeBackend:
     name = "uprobe"
     stops_to_attach = False
@@ -110,6 +117,7 @@ class UprobeBackend:
         self.stack_growths = 0  # entries seen at a taken stack check (not calls)
         self.events_read = 0  # every probe hit taken from the kernel's buffers
         self.lost: dict[str, int] | None = None
+        self._hits_counted: int | None = None  # the kernel's count when recording stopped
         self.cost: tuple[int | None, str] = (None, "not measured")
         self._release: Callable[[], None] | None = None  # tracer run: lets the program exec
         self.releases_at_arm = False
@@ -347,6 +355,10 @@ class UprobeBackend:
                     if key in counts:
                         counts[key] += int(value.split()[0])
         counts["pages_missed"] = self.pages_missed
+        if self._hits_counted is not None:
+            # Hits the kernel counted before recording stopped that never reached the reader
+            # (e.g. on a thread outside the event filter): at least this many are missing.
+            counts["unrecorded"] = max(0, self._hits_counted - self.events_read)
         return counts
 
     def _read_mem(self, addr: int, size: int) -> bytes:
@@ -415,11 +427,33 @@ class UprobeBackend:
         """Nothing is stopped: turn the probes' recording off so the trace ends here."""
         if not self.instance:
             return False
+        self._hits_counted = self._kernel_hits()
         try:
             tracefs.write(os.path.join(self.instance, "events", self.group, "enable"), "0")
         except OSError:
             return False
         return True
+
+    def _kernel_hits(self) -> int | None:
+        """The kernel's own count of our probes' hits (uprobe_profile), or None when it cannot
+        be told apart: another process runs the same file (its hits count too), or another
+        tracer's probes bear the same names on it."""
+        if not self.events or self.plan is None or self.pid is None:
+            return None
+        exe = os.path.realpath(self.plan.binary if self.releases_at_arm
+                               else f"/proc/{self.pid}/exe")
+        try:
+            with open(os.path.join(self.root, "uprobe_profile")) as f:
+                rows = [line.split() for line in f]
+            if any(other != str(self.pid) and _runs(other, exe) for other in os.listdir("/proc")
+                   if other.isdigit()):
+                return None
+        except OSError:
+            return None
+        ours = [r for r in rows if len(r) == 3 and r[0] == exe and r[1] in self.events]
+        if len(ours) != len(self.events):
+            return None
+        return sum(int(r[2]) for r in ours)
 
     def write_marker(self) -> int:
         self._marker += 1
