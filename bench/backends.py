@@ -68,6 +68,16 @@ def knobs() -> list[str]:
             "-linger"]
 
 
+def dlv_binary() -> str | None:
+    """The Delve the tracer runs (--backend dlv), so that `dlv trace` is the same Delve."""
+    try:
+        from tracer.backends.dlv.backend import find_dlv
+
+        return find_dlv()
+    except Exception:  # noqa: BLE001 - moved or none: the one on PATH, if any
+        return shutil.which("dlv")
+
+
 def tracer_pid(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
@@ -168,7 +178,7 @@ def run(binary: Path, how: str, tmp: Path, knobs: list[str], work_first: bool = 
         elif how == "dlv trace":
             out = tmp / f"dlv-trace-{tag}.out"
             helper = subprocess.Popen(
-                ["dlv", "trace", "-p", str(op.pid), r"SampleReconciler\).Reconcile$"],
+                [dlv_binary(), "trace", "-p", str(op.pid), r"SampleReconciler\).Reconcile$"],
                 stdout=subprocess.DEVNULL, stderr=open(out, "w"), stdin=subprocess.DEVNULL,
                 start_new_session=True)
             fn = next(f for f in analyze(str(binary)).functions if f.name == FUNCTION)
@@ -350,8 +360,9 @@ def fmt(value, spec: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     global args
     args = parse(argv)
-    if not shutil.which("dlv") or not shutil.which("gdb"):
-        sys.exit("bench-backends needs gdb and dlv (apt-get install gdb delve)")
+    if not dlv_binary() or not shutil.which("gdb"):
+        sys.exit("bench-backends needs gdb and Delve (scripts/setup builds Delve)")
+    print(f"Delve: {dlv_binary()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         rows = costs(Path(tmp))
         rate_rows = [] if args.no_rates else rates(Path(tmp))
@@ -407,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
               f"tracer and operator, {floor['stop_same_cpu_us']:.1f} us with both on one CPU")
     out = ROOT / args.json
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"calls": args.calls, "workers": args.workers,
+    out.write_text(json.dumps({"calls": args.calls, "workers": args.workers, "dlv": dlv_binary(),
                                "work_us": args.work_us, "repeat": args.repeat,
                                "load": os.getloadavg()[0], "rows": rows, "rates": rate_rows,
                                "big": big_result, "ptrace_floor": floor}, indent=2) + "\n")
