@@ -32,8 +32,15 @@ def status_field(pid: int, key: str) -> str | None:
 
 
 def tracer_pid(pid: int) -> int:
+    """The process tracing `pid`, 0 if none. The kernel names the tracing thread, which may
+    be any thread of a multi-threaded debugger (Delve's: 1 of 40 attaches): its Tgid is the
+    process."""
     value = status_field(pid, "TracerPid")
-    return int(value) if value else 0
+    thread = int(value) if value else 0
+    if not thread:
+        return 0
+    group = status_field(thread, "Tgid")
+    return int(group) if group else thread
 
 
 def process_name(pid: int) -> str:
