@@ -1,17 +1,19 @@
-"""Turn what Delve reports at a breakpoint into the values the gdb agent captures.
+"""Turn what Delve reports at a breakpoint into the values every backend captures.
 
 The value shapes are the contract's (tracer/probes/decoders.py), so spans are the same
 whichever backend recorded them.
 
 Two ways to read them:
 - by name: Delve loads the function's arguments and results from DWARF (`LoadArgs` on the
-  breakpoint, no extra round trip). Works on builds with `-gcflags=all=-N -l` that this
-  Delve can read; on optimized builds results are "unreadable: empty OP stack".
-- from registers (Go's register ABI, as the gdb agent reads them) and memory: one
+  breakpoint, no extra round trip). Delve 1.27.2 reads them on -N -l and optimized builds
+  alike (1.20.2 gave "unreadable: empty OP stack" for optimized results); `auto` still
+  takes registers on optimized builds.
+- from registers (Go's register ABI, by the contract's decoders) and memory: one
   ListRegisters round trip per hit, then ExamineMemory reads for strings and type names.
 
-Error type names are the runtime's (`*controllers.RetryableError`), read from the itab and
-the type descriptor (tracer/binary/gotypes.py), not Delve's (which spells the import path).
+Errors either way are decoded from their itab and data word in memory
+(tracer/binary/govalues.py): the runtime's type name (`*controllers.RetryableError`, not
+Delve's import path), and a message only for the types whose Error() is known.
 """
 
 from __future__ import annotations
