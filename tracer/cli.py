@@ -14,18 +14,18 @@ from tracer.backends.select import CHOICES, choose_backend
 from tracer.binary.analyze import analyze, find_functions, nearest_names
 from tracer.binary.model import BinaryError, BinaryInfo
 from tracer.errors import EXIT_USAGE, UserError
-from tracer.exports.output import check_output, create_private
-from tracer.front.terminal import echo
+from tracer.output import check_output, create_private
 from tracer.probes.compile import compile_plan
 from tracer.probes.library import choose as choose_probe
 from tracer.targets.process import inspect_process
+from tracer.terminal import echo
 
 MAX_MESSAGE = 600
 
 
 def _fail(message: str) -> None:
     """One line on stderr, exit 2. The message may quote outside text (a probe file, a name
-    from the operator): it is shown inert (front.terminal) and cut if it is huge."""
+    from the operator): it is shown inert (tracer.terminal) and cut if it is huge."""
     if len(message) > MAX_MESSAGE:
         message = f"{message[:MAX_MESSAGE]}... ({len(message):,} characters)"
     echo(f"tracer: error: {message}", err=True)

@@ -13,7 +13,7 @@ from helpers import run_tracer, sample
 from hostile_support import hostile_trace
 
 from tracer.errors import UserError
-from tracer.exports.output import check_output
+from tracer.output import check_output
 from tracer.session.tracefile import TraceWriter
 
 SECRET = b"root:secret:do-not-touch\n"

@@ -23,7 +23,7 @@ from hostile_support import (
 )
 
 from tracer.front.lines import LineFormatter
-from tracer.front.terminal import visible
+from tracer.terminal import visible
 
 
 def test_visible_escapes_every_control_and_keeps_the_rest():

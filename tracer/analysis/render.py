@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracer.front.terminal import safe_table, visible
+from tracer.terminal import safe_table, visible
 
 
 def _t(seconds: float | None) -> str:

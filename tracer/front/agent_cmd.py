@@ -14,10 +14,10 @@ import click
 
 from tracer.cli import _analyze, _default_output, trace_options
 from tracer.errors import UserError
-from tracer.exports.output import check_output
 from tracer.front.display import FAILED_REASONS
 from tracer.front.receive import receive_stream
-from tracer.front.terminal import echo
+from tracer.output import check_output
+from tracer.terminal import echo
 
 
 def _key_values(pairs: tuple[str, ...], option: str) -> dict:

@@ -7,8 +7,8 @@ import sys
 
 from tracer.front.display import Display, Screen, header_clock, receiver_screen
 from tracer.front.receive import agent_args
-from tracer.front.terminal import echo
 from tracer.kube.session import KubeTargets
+from tracer.terminal import echo
 
 
 def _run_with_watch(display: Display, run, screen: Screen, watcher):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tracer.front.lines import LineFormatter
 from tracer.front.live.screen import Cost, Header
-from tracer.front.terminal import echo
+from tracer.terminal import echo
 
 # Ways a run ends that the user must hear about in the exit status.
 FAILED_REASONS = frozenset(("debugger-died", "write-failed", "pause-budget", "error",

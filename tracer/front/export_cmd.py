@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tracer.errors import UserError
-from tracer.front.terminal import echo
+from tracer.terminal import echo
 
 if TYPE_CHECKING:
     from tracer.exports.source import TraceStream
@@ -60,7 +60,7 @@ def _ours(fmt: str, style: str):
 
 
 def _write(stream: TraceStream, fmt: str, output: str, style: str, force: bool) -> int:
-    from tracer.exports.output import STDOUT, atomic_path, open_output
+    from tracer.output import STDOUT, atomic_path, open_output
 
     ours = _ours(fmt, style)
     if fmt == "timestamps":

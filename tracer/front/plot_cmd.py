@@ -7,7 +7,7 @@ import os
 import click
 
 from tracer.errors import UserError
-from tracer.front.terminal import echo
+from tracer.terminal import echo
 
 FORMATS = {".png": "png", ".svg": "svg"}
 IMAGE_START = {"png": b"\x89PNG", "svg": b"<?xml"}
@@ -36,7 +36,7 @@ def plot(file: str, output: str, lanes: str | None, force: bool) -> None:
     consecutive starts; duration of each call over time (for timestamps files: each
     interval over time)."""
     fmt = image_format(output)
-    from tracer.exports.output import atomic_path, check_output, starts_with
+    from tracer.output import atomic_path, check_output, starts_with
 
     ours = starts_with(IMAGE_START[fmt])
     check_output(output, "--output", force, ours)  # before reading a large trace

@@ -9,10 +9,10 @@ import click
 
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
-from tracer.front.terminal import echo
 from tracer.probes import decoders, library
 from tracer.probes.plan import ENTRY, EXIT
 from tracer.probes.spec import KIND_RUST_ASYNC, ProbeSpec
+from tracer.terminal import echo
 
 
 @click.group()

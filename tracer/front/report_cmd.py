@@ -9,8 +9,8 @@ import sys
 import click
 
 from tracer.errors import UserError
-from tracer.exports.output import atomic_path, check_output, starts_with
-from tracer.front.terminal import echo
+from tracer.output import atomic_path, check_output, starts_with
+from tracer.terminal import echo
 
 CAUSES_START = starts_with(b'{"file":')
 

@@ -12,8 +12,8 @@ from tracer.analysis.timestamps import read_timestamps, sniff
 from tracer.errors import UserError
 from tracer.exports import spans as sp
 from tracer.exports.source import TraceStream
-from tracer.front.terminal import visible
 from tracer.session.tracefile import Damage, check_readable, parse_header
+from tracer.terminal import visible
 
 
 @dataclass

@@ -32,8 +32,8 @@ class TraceWriter:
         self.error: OSError | None = None
         try:
             # A new 0600 file renamed over the path: never through a link, never another
-            # file truncated in place (tracer.exports.output.create_private).
-            from tracer.exports.output import create_private
+            # file truncated in place (tracer.output.create_private).
+            from tracer.output import create_private
 
             fd = create_private(path)
         except OSError as exc:

@@ -20,7 +20,7 @@ from rich.live import Live
 
 from tracer.front.live.screen import SORTS, Cost, Header, render
 from tracer.front.live.state import LiveState, Snapshot
-from tracer.front.terminal import text as visible_text
+from tracer.terminal import text as visible_text
 
 REFRESH_PER_SECOND = 4
 

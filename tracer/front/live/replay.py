@@ -13,8 +13,8 @@ from tracer.errors import UserError
 from tracer.front.live.app import LiveView
 from tracer.front.live.screen import Header, render
 from tracer.front.live.state import LiveState
-from tracer.front.terminal import text as visible_text
 from tracer.session.tracefile import Trace, read_trace
+from tracer.terminal import text as visible_text
 
 
 def header_of(trace: Trace) -> Header:

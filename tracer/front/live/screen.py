@@ -12,7 +12,7 @@ from rich.text import Text
 
 from tracer.front.lines import duration, outcome
 from tracer.front.live.state import ObjectStats, Snapshot
-from tracer.front.terminal import safe_table, visible
+from tracer.terminal import safe_table, visible
 
 SORTS = ["recent", "calls", "time", "name"]
 
