@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import polars as pl
 
 from tracer.analysis.load import OBJECT_KEY, add_codes
+from tracer.probes.naming import receiver_kind
 
 MS = 1_000_000
 CAUSES = ("requeue-after", "requeue", "error-backoff", "change", "unexplained")
@@ -59,15 +59,6 @@ class Settings:
 
     def as_dict(self) -> dict:
         return {k: v / 1e9 if k.endswith("_ns") else v for k, v in asdict(self).items()}
-
-
-_RECEIVER = re.compile(r"\(\*?([A-Za-z0-9_]+?)(?:Reconciler|Controller)?\)\.[A-Za-z0-9_]+$")
-
-
-def receiver_kind(function: str | None) -> str | None:
-    """`pkg.(*MemcachedReconciler).Reconcile` -> `memcached`: how events find their function."""
-    match = _RECEIVER.search(function or "")
-    return match.group(1).lower() if match else None
 
 
 def event_functions(kinds: list[str | None], functions: list[str]) -> list[list[str]]:

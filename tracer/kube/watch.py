@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from tracer.errors import UserError
 from tracer.kube.client import Connection, api_error
+from tracer.probes.naming import receiver_kind
 
 # The server ends each watch after this long; it bounds how late a stop is seen.
 WATCH_SECONDS = 2
@@ -59,8 +60,6 @@ def find_resource(conn: Connection, name: str):
 def kinds_of(functions: list[str]) -> list[str]:
     """The kinds a controller-runtime operator's reconcilers are named after:
     `(*MemcachedReconciler).Reconcile` reconciles Memcached."""
-    from tracer.analysis.causes import receiver_kind
-
     kinds = []
     for function in functions:
         kind = receiver_kind(function)
