@@ -34,10 +34,11 @@ from helpers import (
 
 import tracer
 from tracer.binary.analyze import analyze
-from tracer.front.receive import agent_args
+from tracer.front.options import TraceOptions
 from tracer.probes.compile import compile_plan
 from tracer.remote.protocol import versions
 from tracer.remote.receiver import PipeStream, Receiver
+from tracer.session.budget import BudgetLimits
 from tracer.session.tracefile import read_trace
 from tracer.targets.process import altered_code
 
@@ -106,7 +107,8 @@ def test_every_call_once_through_the_stream(operator, agents, tmp_path):
     op = operator(BUILD, *KNOBS)
     copy = tmp_path / "agent-copy.jsonl"
     local = tmp_path / "local.jsonl"
-    agent = agents(tmp_path, *agent_args(op.pid, max_stopped=0.0), "-o", str(copy))
+    args = TraceOptions(budget=BudgetLimits(0.0)).agent_args(op.pid)
+    agent = agents(tmp_path, *args, "-o", str(copy))
     rx = ReceiverThread(agent, local, via=VIA, tags=TAGS)
     header = wait_for_header(local)
     assert header["via"]["pod"] == "op-7d9f" and header["via"]["node"] == "n1"

@@ -28,13 +28,11 @@ KNOBS = [
     # The agent's fallback, gdb's frame API, on one build.
     ("go1.27/sample-operator-stripped", "frame"),
 ])
-def test_every_call_once_with_its_fields(build, registers, operator, tracer_cmd, tmp_path,
-                                         monkeypatch):
-    monkeypatch.setenv("TRACER_GDB_REGISTERS", registers)
+def test_every_call_once_with_its_fields(build, registers, operator, tracer_cmd, tmp_path):
     op = operator(build, *KNOBS)
     trace = tmp_path / "trace.jsonl"
     run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
-                     "--max-stopped", "off")
+                     "--max-stopped", "off", "--backend-option", f"registers={registers}")
     header = wait_for_header(trace, run)
     assert header["binary"]["language"] == "go"
     assert header["probe"] == "controller-runtime"

@@ -177,13 +177,13 @@ def test_cost_told_and_durations_corrected(backend, operator, tracer_cmd, tmp_pa
     assert "operator stopped" in text and "corrected" in text
 
 
-def test_lost_events_are_never_silent(operator, tracer_cmd, tmp_path, monkeypatch):
+def test_lost_events_are_never_silent(operator, tracer_cmd, tmp_path):
     """A buffer far too small for the rate: the kernel's own counts of what it could not keep
     are in the end line and said on stderr, and the trace holds fewer calls than were made."""
     op = operator("go1.27/sample-operator", "-workers", "4", "-rate", "20000", "-calls",
                   "20000", "-objects", "40", "-linger")
-    monkeypatch.setenv("TRACER_UPROBE_BUFFER_KB", "4")
-    _, records, run = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl")
+    _, records, run = traced_work(op, tracer_cmd, tmp_path / "trace.jsonl",
+                                  "--backend-option", "buffer-kb=4")
     lost = records[-1]["events_lost"]
     assert lost["overrun"] + lost["dropped"] > 0, lost
     assert "warning: events were lost, spans may be missing" in run.stderr()

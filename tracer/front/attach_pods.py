@@ -1,70 +1,50 @@
 """`tracer attach` for pods traced through agents: several pods at once (-l), or from anywhere
-(--agent ephemeral|node). One pod on this node is traced in-process by `tracer.cli`."""
+(--agent ephemeral|node). One pod on this node is traced in-process (front/attach_cmd.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from tracer.front.display import Display, Screen, header_clock, receiver_screen
-from tracer.front.receive import agent_args
+from tracer.front.display import Display, multi_screen, receiver_screen
+from tracer.front.options import TraceOptions
+from tracer.front.tracing import run_watched
 from tracer.kube.session import KubeTargets
-from tracer.terminal import echo
 
 
-def _run_with_watch(display: Display, run, screen: Screen, watcher):
-    if watcher is not None:
-        watcher.start(run.record, display.on_status)
-    try:
-        return display.run(run, screen)
-    finally:
-        if watcher is not None:
-            watcher.stop()
-            if watcher.events:
-                echo(f"recorded {watcher.events} watch event(s) of "
-                           f"{', '.join(watcher.describe())}", err=True)
-
-
-def _multi_screen(run) -> Screen:
-    return Screen(run.screen_header, run.in_flight, run.cost,
-                  *header_clock(lambda: run.header))
-
-
-def trace_local_pods(kube: KubeTargets, output: str, duration: float | None, quiet: bool,
-                     plain: bool, options: dict, functions: list[str],
-                     watch: tuple[str, ...]) -> None:
+def trace_local_pods(kube: KubeTargets, output: str, trace: TraceOptions,
+                     functions: list[str], watch: tuple[str, ...]) -> None:
     """Every selected pod on this node, each by a local agent, into one file."""
     from tracer.kube.multi import MultiRun
     from tracer.remote.receiver import ProcessStream
 
-    display = Display(quiet, plain)
+    display = Display(trace.quiet, trace.plain)
     sources = []
     for container in kube.local():
-        argv = [sys.executable, "-m", "tracer", "agent", *agent_args(container.pid, **options)]
+        argv = [sys.executable, "-m", "tracer", "agent", *trace.agent_args(container.pid)]
         sources.append((container.target, ProcessStream(argv),
                         {"agent": "local", "pid": container.pid}))
     names = ", ".join(pod.pod for pod, _, _ in sources)
     display.on_status(f"tracing {len(sources)} pods ({names}) into {output}; Ctrl-C to detach")
-    run = MultiRun(sources, output, duration, display.on_status)
+    run = MultiRun(sources, output, trace.duration, display.on_status)
     run.on_span = display.on_span
     watcher = kube.watcher(watch, functions)
-    display.finish(_run_with_watch(display, run, _multi_screen(run), watcher))
+    display.finish(run_watched(display, run, multi_screen(run), watcher))
 
 
 def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, output: str,
-                     duration: float | None, quiet: bool, plain: bool, options: dict,
-                     watch: tuple[str, ...]) -> None:
+                     trace: TraceOptions, watch: tuple[str, ...]) -> None:
     """Each selected pod by an agent next to it (ephemeral container or node pod), streamed
     back through the API server's attach."""
     from tracer.kube import agents
     from tracer.kube.multi import MultiRun
     from tracer.remote.receiver import Receiver
 
-    display = Display(quiet, plain)
+    display = Display(trace.quiet, trace.plain)
     started: list[agents.AgentContainer] = []
     sources = []
     try:
         for pod in kube.pods:
-            agent = agents.start(kube.conn, pod, kind, image, agent_args(**options),
+            agent = agents.start(kube.conn, pod, kind, image, trace.agent_args(),
                                  display.on_status)
             started.append(agent)
             display.on_status(f"{pod.pod}: waiting for the agent {agent.container} to start")
@@ -77,13 +57,13 @@ def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, o
         if len(sources) == 1:
             pod, stream, via = sources[0]
             run = Receiver(stream, output, via=via, tags={"k8s": pod.tags()},
-                           duration=duration, on_span=display.on_span,
+                           duration=trace.duration, on_span=display.on_span,
                            on_status=display.on_status)
-            outcome = _run_with_watch(display, run, receiver_screen(run), watcher)
+            outcome = run_watched(display, run, receiver_screen(run), watcher)
         else:
-            run = MultiRun(sources, output, duration, display.on_status)
+            run = MultiRun(sources, output, trace.duration, display.on_status)
             run.on_span = display.on_span
-            outcome = _run_with_watch(display, run, _multi_screen(run), watcher)
+            outcome = run_watched(display, run, multi_screen(run), watcher)
     finally:
         for agent in started:
             agents.remove(kube.conn, agent)

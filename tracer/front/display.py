@@ -94,6 +94,22 @@ def receiver_screen(receiver) -> Screen:
                   *header_clock(lambda: receiver.header), now=receiver.agent_now)
 
 
+def multi_screen(run) -> Screen:
+    """Several pods' agents into one file (kube/multi.py)."""
+
+    def header() -> Header:
+        pods = ", ".join(pod.pod for pod in run.pods)
+        h = run.header
+        return Header(f"{len(run.pods)} pods: {pods}", "", h["probe"] if h else "?", "agents")
+
+    def cost() -> Cost | None:
+        totals, writer = run.totals(), run.writer
+        return Cost(totals["hits"], totals["handler_ns"], writer.lines if writer else 0,
+                    writer.bytes if writer else 0)
+
+    return Screen(header, run.in_flight, cost, *header_clock(lambda: run.header))
+
+
 def run_live(run, screen: Screen):
     """`run.run()` under the live screen; its spans go to the screen's state instead of lines."""
     from tracer.front.live.app import LiveView

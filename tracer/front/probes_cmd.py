@@ -9,6 +9,7 @@ import click
 
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
+from tracer.front.prepare import binary_of
 from tracer.probes import decoders, library
 from tracer.probes.plan import ENTRY, EXIT
 from tracer.probes.spec import KIND_RUST_ASYNC, ProbeSpec
@@ -63,18 +64,6 @@ def list_probes() -> None:
             echo(f"    {_describe_function(spec)}")
 
 
-def _info(target: str) -> BinaryInfo:
-    from tracer.cli import _analyze
-    from tracer.targets.process import inspect_process
-
-    if target.isdigit():
-        proc = inspect_process(int(target))
-        return _analyze(proc.exe, shown=proc.exe_target)
-    if os.path.exists(target):
-        return _analyze(target)
-    raise UserError(f"{target} is neither a running PID nor a file")
-
-
 def _facts(info: BinaryInfo) -> str:
     facts = [info.language]
     if info.go_version:
@@ -111,7 +100,7 @@ def check(target: str, only: str | None) -> None:
 
     The probe marked * is the one a tracing command would choose. Exit status 1 when no
     probe matches."""
-    info = _info(target)
+    info = binary_of(target)
     probes_found = [library.resolve(only)] if only else library.load_all()
     best = library.choose(info, probes_found)
     echo(f"# {info.path}: {_facts(info)}")

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 
 from tracer.errors import UserError
-from tracer.front.live.screen import Cost, Header
 from tracer.kube.pods import PodTarget
 from tracer.remote.merge import MergedTrace
 from tracer.remote.receiver import Receiver, Stream
@@ -107,17 +106,10 @@ class MultiRun:
                       in zip(self.pods, outcomes, strict=True) if o and o.target_status),
             None if None in restored else all(restored))
 
-    def screen_header(self) -> Header:
-        pods = ", ".join(pod.pod for pod in self.pods)
-        h = self.header
-        return Header(f"{len(self.pods)} pods: {pods}", "", h["probe"] if h else "?",
-                      "agents")
-
-    def cost(self) -> Cost | None:
-        hits = sum(r.stats.get("hits", 0) for r in self.receivers)
-        handler = sum(r.stats.get("handler_ns", 0) for r in self.receivers)
-        writer = self.writer
-        return Cost(hits, handler, writer.lines if writer else 0, writer.bytes if writer else 0)
+    def totals(self) -> dict[str, int]:
+        """Hits and handler time of every agent so far (for the live screen's cost line)."""
+        return {key: sum(r.stats.get(key, 0) for r in self.receivers)
+                for key in ("hits", "handler_ns")}
 
     def in_flight(self) -> dict[str, int]:
         total: dict[str, int] = {}

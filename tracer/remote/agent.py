@@ -279,13 +279,12 @@ def send_stats(session, channel: Channel, done: threading.Event) -> None:
         })
 
 
-def trace(link: Link, target, info, plan, copy: str | None, duration: float | None,
-          backend: str, budget: tuple[float, float]):
-    """Run the session with its trace file being the stream (and `copy`, if given)."""
-    from tracer.backends.select import choose_backend
+def stream_trace(link: Link, target, info, plan, copy: str | None, duration: float | None,
+                 backend, budget):
+    """Run the session with its trace file being the stream (and `copy`, if given); `backend`
+    is the BackendChoice, `budget` the BudgetLimits."""
     from tracer.session.session import Session
 
-    factory, note = choose_backend(backend, info)
     read_fd, write_fd = os.pipe()
     sink = f"/dev/fd/{write_fd}"
     shown = f"the stream and {copy}" if copy else "the stream"
@@ -293,9 +292,8 @@ def trace(link: Link, target, info, plan, copy: str | None, duration: float | No
     def on_status(message: str) -> None:
         link.status(message.replace(sink, shown))
 
-    session = Session(target, info, plan, sink, duration, None, on_status,
-                      backend_factory=factory, backend_note=note, max_stopped=budget[0],
-                      budget_window=budget[1])
+    session = Session(target, info, plan, sink, duration, None, on_status, backend=backend,
+                      budget=budget)
     forwarder = Forwarder(read_fd, link.channel, copy, link.status)
     forwarder.start()
     done = threading.Event()

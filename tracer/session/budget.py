@@ -14,6 +14,15 @@ from dataclasses import dataclass
 NORMAL, DEGRADED = "normal", "degraded"
 
 
+@dataclass(frozen=True)
+class BudgetLimits:
+    """--max-stopped and --budget-window: the share of a window the operator may spend
+    stopped by the tracer (0 or None: no budget), and that window."""
+
+    max_share: float | None = 0.05
+    window_s: float = 10.0
+
+
 @dataclass
 class BudgetVerdict:
     share: float

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import tracer
-from tracer.backends.base import Backend
-from tracer.backends.gdb.backend import GdbBackend
+from tracer.backends.base import Backend, BackendChoice
 from tracer.binary.model import BinaryInfo
 from tracer.probes.plan import Plan
-from tracer.session.budget import PauseBudget
+from tracer.session.budget import BudgetLimits, PauseBudget
 from tracer.session.pairing import Hit, Pairer
 from tracer.session.tags import tag_span
 from tracer.session.tracefile import SCHEMA_VERSION, TraceWriter, clock_pair
@@ -71,10 +70,9 @@ class Session:
         duration: float | None = None,
         on_span: Callable[[dict], None] | None = None,
         on_status: Callable[[str], None] | None = None,
-        backend_factory: Callable[[], Backend] = GdbBackend,
-        backend_note: str = "",
-        max_stopped: float | None = 0.05,
-        budget_window: float = 10.0,
+        *,
+        backend: BackendChoice,
+        budget: BudgetLimits | None = None,
     ) -> None:
         self.target = target
         self.info = info
@@ -83,11 +81,9 @@ class Session:
         self.duration = duration
         self.on_span = on_span
         self.on_status = on_status or (lambda message: None)
-        self.backend_factory = backend_factory
-        self.backend_name = getattr(backend_factory, "name", "gdb")
-        self.backend_note = backend_note
-        self.max_stopped = max_stopped
-        self.budget_window = budget_window
+        self.backend = backend
+        self.backend_name = backend.name
+        self.budget = budget or BudgetLimits()
         self._stop = threading.Event()
         self._stop_reason = ""
         self._marker_seen = threading.Condition()
@@ -201,7 +197,7 @@ class Session:
                 "pie": info.pie,
             },
             "backend": self.backend_name,
-            "backend_choice": self.backend_note,
+            "backend_choice": self.backend.why,
             "probe": self.plan.probe,
             "probe_file": self.plan.probe_file,
             "steps": self.plan.steps,
@@ -239,7 +235,7 @@ class Session:
         return child, release
 
     def run(self) -> Outcome:
-        backend = self.backend_factory()
+        backend = self.backend.create()
         previous = self._install_signals()
         self._reader: threading.Thread | None = None
         self._stop_failed = False
@@ -276,13 +272,12 @@ class Session:
             pid = self.target.pid
             assert pid is not None
             backend.start(self.info.path)
-            if hasattr(backend, "prepare"):  # work done before anything stops (cost per hit)
-                backend.prepare(self.plan)
+            backend.prepare(self.plan)  # work done before anything stops (cost per hit)
             t0 = time.monotonic()
             backend.attach(pid)
         # A backend that lets the program exec only once armed (kernel uprobes, which stop
         # nothing) has the parker in the process until then: its bias comes after arm().
-        late = getattr(backend, "releases_at_arm", False)
+        late = backend.releases_at_arm
         bias = 0 if late else load_bias(pid, self.info.path, self.info.pie)
 
         def on_death() -> None:
@@ -297,11 +292,9 @@ class Session:
         self.writer = TraceWriter(self.output, on_error=self._write_failed)
         # The header goes first: hits wait in the pipe until the reader starts after it.
         # The pause is counted up to the arming; kernel uprobes never stop the operator.
-        pause_ms = (time.monotonic() - t0) * 1000 if getattr(backend, "stops_to_attach",
-                                                             True) else 0.0
+        pause_ms = (time.monotonic() - t0) * 1000 if backend.stops_to_attach else 0.0
         self.header = self._header(pid, round(pause_ms, 3), armed)
-        if hasattr(backend, "header_fields"):  # e.g. the cost per hit measured at attach
-            self.header.update(backend.header_fields())
+        self.header.update(backend.header_fields())  # e.g. the cost per hit measured at attach
         self.writer.write(self.header)
         self._flush_early()
         self._reader = threading.Thread(target=self._read_hits,
@@ -319,8 +312,9 @@ class Session:
     def _watch(self, backend: Backend) -> str:
         """Wait for a way out; returns the reason."""
         deadline = None if self.duration is None else time.monotonic() + self.duration
-        budget = None if not self.max_stopped else PauseBudget(
-            self.max_stopped, self.budget_window, backend.cpu_seconds, time.monotonic)
+        limits = self.budget
+        budget = None if not limits.max_share else PauseBudget(
+            limits.max_share, limits.window_s, backend.cpu_seconds, time.monotonic)
         while True:
             if budget is not None and self._over_budget(budget, backend):
                 return "pause-budget"
@@ -366,7 +360,7 @@ class Session:
         if self.writer is None:
             return 0
         unfinished = self.pairer.close_all()
-        extra = backend.end_fields() if hasattr(backend, "end_fields") else {}
+        extra = backend.end_fields()
         lost = {k: v for k, v in (extra.get("events_lost") or {}).items() if v}
         if lost:  # never silent: the kernel's own counts of events it could not keep
             self.on_status("warning: events were lost, spans may be missing: " +

@@ -228,7 +228,7 @@ class Agent:
         optimized = self._optimized_functions()
         if optimized:
             # Delve 1.20.2 could not read an optimized function's results ("empty OP stack");
-            # 1.27.2 read the sample's (TRACER_DLV_VALUES=name), but registers stay the way
+            # 1.27.2 read the sample's (values=name), but registers stay the way
             # for optimized builds, as the gdb agent reads them.
             return "registers", (f"{optimized[0]} is optimized (built without "
                                  "-gcflags=all=-N -l)")
@@ -629,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hits-fd", type=int, required=True)
     parser.add_argument("--workdir", help="the run's private folder (logs): removed at the "
                         "end, even when the tracer was killed")
+    parser.add_argument("--keep-workdir", action="store_true",
+                        help="keep the folder and its logs (--backend-option keep-logs=on)")
     args = parser.parse_args(argv)
     agent = Agent(args.hits_fd)
     agent.workdir = args.workdir
@@ -648,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return agent.serve()
     finally:
-        if args.workdir and not os.environ.get("TRACER_DLV_KEEP"):
+        if args.workdir and not args.keep_workdir:
             shutil.rmtree(args.workdir, ignore_errors=True)
 
 

@@ -15,8 +15,10 @@ only the tracer, and each ended by its PID:
 Which dlv: see find_dlv ($TRACER_DLV, then the Delve 1.27.2 scripts/setup builds into the
 tracer's cache, then PATH).
 
-TRACER_DLV_VALUES=auto|name|registers forces how values are read (default auto: by name
-when Delve can, else registers); the choice is written in the trace header's notes.
+`--backend-option values=auto|name|registers` forces how values are read (default auto: by
+name when Delve can, else registers); the choice is written in the trace header's notes.
+`--backend-option keep-logs=on` keeps Delve's and the agent's logs (the run's private folder,
+named in the header's notes).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 import psutil
 
 import tracer
+from tracer.backends.base import Backend, Setting, settings_of
 from tracer.backends.dlv.agent import LISTENING
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
@@ -149,10 +152,24 @@ def _attach_error(pid: int, log: str) -> UserError:
     return UserError(f"Delve could not attach to process {pid}: {message.strip()}")
 
 
-class DlvBackend:
+class DlvBackend(Backend):
     name = "dlv"
+    notices = ("note: if Delve itself is killed while the operator is busy, the operator dies "
+               "of SIGTRAP (its breakpoints outlive it); --backend uprobe cannot harm it that "
+               "way, and gdb's breakpoints are repaired in time",)
+    settings = (
+        Setting("values", "auto", "how Delve reads values: by name where it can, else from "
+                "registers; or always one way", ("auto", "name", "registers")),
+        Setting("keep-logs", "off", "keep Delve's and its client's logs after the run",
+                ("off", "on")),
+    )
 
-    def __init__(self) -> None:
+    @classmethod
+    def check(cls, info: BinaryInfo) -> str:
+        return check_dlv(info)
+
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        self.options = settings_of(type(self), settings)
         self.dlv_path = find_dlv()
         self.hits_fd, hits_w = os.pipe()
         self._hits_w: int | None = hits_w
@@ -175,6 +192,8 @@ class DlvBackend:
         self._lost = False
         self._marker = 0
         self._extra_notes: list[str] = []
+        if self._keep:
+            self._extra_notes.append(f"dlv: logs kept in {self.workdir}")
 
     # -- the agent ---------------------------------------------------------------------------
     def start(self, binary: str | None) -> None:
@@ -189,7 +208,8 @@ class DlvBackend:
         try:
             self.agent = subprocess.Popen(
                 [sys.executable, "-m", "tracer.backends.dlv.agent",
-                 "--hits-fd", str(self._hits_w), "--workdir", self.workdir],
+                 "--hits-fd", str(self._hits_w), "--workdir", self.workdir,
+                 *(["--keep-workdir"] if self._keep else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                 pass_fds=(self._hits_w,), start_new_session=True, cwd=self.workdir, env=env)
         finally:
@@ -319,9 +339,8 @@ class DlvBackend:
 
     # -- arming and running ------------------------------------------------------------------
     def arm(self, plan: Plan, bias: int) -> int:
-        values = os.environ.get("TRACER_DLV_VALUES", "auto")
         try:
-            reply = self._request("arm", timeout=120, values=values,
+            reply = self._request("arm", timeout=120, values=self.options["values"],
                                   plan=plan.to_agent(bias, out_fd=-1))
         except (RuntimeError, AgentGone) as exc:
             raise UserError(f"Delve could not set the breakpoints: {exc}") from None
@@ -444,8 +463,13 @@ class DlvBackend:
             except OSError:
                 pass
             self._hits_w = None
-        if not os.environ.get("TRACER_DLV_KEEP"):  # keep dlv's and the agent's logs
+        if not self._keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def _keep(self) -> bool:
+        """keep-logs=on: dlv's and the agent's logs stay in the run's folder."""
+        return self.options["keep-logs"] == "on"
 
 
 def _wait_or_kill(proc: subprocess.Popen, timeout: float, first: int | None = None) -> None:

@@ -8,13 +8,16 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from tracer.backends.base import Backend, Setting, settings_of
 from tracer.backends.gdb import calibrate
 from tracer.backends.gdb.mi import MIConnection, MIError, mi_quote
+from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes.plan import ENTRY, Plan
 from tracer.targets.process import file_bytes
@@ -85,10 +88,26 @@ def _shadow_stack(pid: int | None) -> bool:
         return False
 
 
-class GdbBackend:
+class GdbBackend(Backend):
     name = "gdb"
+    settings = (
+        # gdb's frame API instead of one PTRACE_GETREGS per hit: slower, kept for comparison
+        # and as the fallback the agent also takes by itself.
+        Setting("registers", "ptrace", "how the agent reads a hit's registers: one "
+                "PTRACE_GETREGS, or gdb's frame API", ("ptrace", "frame")),
+        # One stop per hit: the agent carries out the instruction under the breakpoint (a
+        # push, `sub rsp`, a RET) instead of gdb stepping over it, a second stop.
+        Setting("one-stop", "on", "the agent carries out the instruction under the "
+                "breakpoint: one stop per hit instead of two", ("on", "off")),
+    )
 
-    def __init__(self) -> None:
+    @classmethod
+    def check(cls, info: BinaryInfo) -> str:
+        find_gdb()
+        return ""
+
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        self.options = settings_of(type(self), settings)
         self.gdb_path = find_gdb()
         self.hits_fd, self._hits_w = os.pipe()
         try:
@@ -190,14 +209,10 @@ class GdbBackend:
         with os.fdopen(fd, "w") as f:
             # gdb inherited the pipe's write end under the same number.
             agent_plan = plan.to_agent(bias, out_fd=self._hits_w)
-            # gdb's frame API instead of one PTRACE_GETREGS per hit: slower, kept for
-            # comparison and as the fallback the agent also takes by itself.
-            agent_plan["registers"] = os.environ.get("TRACER_GDB_REGISTERS", "ptrace")
-            # One stop per hit: the agent carries out the instruction under the breakpoint
-            # (a push, `sub rsp`, a RET) instead of gdb stepping over it, a second stop.
-            # TRACER_GDB_ONESTOP=0 turns it off. Never with a shadow stack, which a RET
-            # done by hand would leave out of step.
-            agent_plan["one_stop"] = (os.environ.get("TRACER_GDB_ONESTOP", "1") == "1"
+            agent_plan["registers"] = self.options["registers"]
+            # Never one stop with a shadow stack, which a RET done by hand would leave out
+            # of step.
+            agent_plan["one_stop"] = (self.options["one-stop"] == "on"
                                       and not _shadow_stack(self.pid))
             json.dump(agent_plan, f)
         result = self.mi.console(f"python tracer_arm({json.dumps(self._plan_file)})")

@@ -12,8 +12,9 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from tracer.backends.base import Backend, Setting, settings_of
 from tracer.backends.uprobe import calibrate, placement, ringbuf, tracefs
 from tracer.binary.govalues import GoMemory
 from tracer.binary.model import BinaryInfo
@@ -86,11 +87,19 @@ def _runs(pid: str, exe: str) -> bool:
         return False
 
 
-class UprobeBackend:
+class UprobeBackend(Backend):
     name = "uprobe"
     stops_to_attach = False
+    settings = (
+        Setting("buffer-kb", str(BUFFER_KB), "the kernel's event buffer per CPU, in KiB"),
+    )
 
-    def __init__(self) -> None:
+    @classmethod
+    def check(cls, info: BinaryInfo) -> str:
+        return check_uprobe(info)
+
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        self.options = settings_of(type(self), settings)
         self.root = tracefs.mount_point()
         tracefs.remove_stale(self.root)
         self.hits_fd, self._w = os.pipe()
@@ -201,9 +210,8 @@ class UprobeBackend:
             self.instance = os.path.join(self.root, "instances", self.group)
             os.makedirs(self.instance, exist_ok=True)
             tracefs.write(os.path.join(self.instance, "trace_clock"), "mono")
-            # TRACER_UPROBE_BUFFER_KB: a smaller buffer, to see losses counted (tests).
-            size = os.environ.get("TRACER_UPROBE_BUFFER_KB", str(BUFFER_KB))
-            tracefs.write(os.path.join(self.instance, "buffer_size_kb"), size)
+            tracefs.write(os.path.join(self.instance, "buffer_size_kb"),
+                          self.options["buffer-kb"])
             self._calibrate(plan, info, exe)
             self._filter_threads()
             self._layout = ringbuf.page_layout(self.root)
