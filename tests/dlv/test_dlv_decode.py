@@ -11,7 +11,7 @@ from helpers import sample
 
 from tracer.backends.dlv import backend as dlv_backend
 from tracer.backends.dlv import decode
-from tracer.backends.dlv.agent import _exit_status_from, _go_version
+from tracer.backends.dlv.client import _exit_status_from, _go_version
 from tracer.binary.analyze import analyze
 from tracer.errors import UserError
 from tracer.probes.compile import compile_plan
@@ -185,7 +185,7 @@ def test_setup_builds_the_pinned_delve():
 def test_every_controller_runtime_decoder_can_be_read_by_name():
     """Both layouts of controller-runtime's Result (with Priority since v0.23) go through
     Delve's LoadArgs when values are read by name, not only the old one."""
-    from tracer.backends.dlv.agent import BY_NAME_LOAD
+    from tracer.backends.dlv.client import BY_NAME_LOAD
     from tracer.probes.decoders import RESULT_DECODERS
 
     assert set(BY_NAME_LOAD) == {"cr-request", *RESULT_DECODERS}

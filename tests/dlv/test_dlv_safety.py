@@ -90,7 +90,7 @@ def assert_untouched(op) -> None:
 def agent_in_this_process(op) -> Iterator:
     """Delve attached to the operator, driven by an agent in the test's own process (so a
     test can reach into it), its breakpoints armed and the operator resumed."""
-    from tracer.backends.dlv import agent as agent_mod
+    from tracer.backends.dlv import client as agent_mod
 
     plan = compile_plan(analyze(f"/proc/{op.pid}/exe"))
     backend = DlvBackend()  # only for starting dlv
@@ -325,7 +325,7 @@ def test_a_halt_racing_hits_leaves_no_sigtrap(operator, monkeypatch):
     1.27.2). The agent normally takes its int3 bytes out before halting; here it is made
     to halt at once, in full flow, to check that the drain (clear the breakpoints, let the
     pending SIGTRAP stop the process) catches it."""
-    from tracer.backends.dlv import agent as agent_mod
+    from tracer.backends.dlv import client as agent_mod
 
     monkeypatch.setattr(agent_mod, "IDLE_WAIT", 0)
     monkeypatch.setattr(agent_mod, "SETTLE", 0)
@@ -356,7 +356,7 @@ def test_sigtraps_while_hits_fire_are_not_taken_for_hits(operator):
     `push rbp` sits exactly there: a breakpoint on Reconcile's push would run the push twice
     and the operator would return into its stack. Here SIGTRAPs come every 3 ms (every one a
     halt's) while breakpoints fire: the operator must go on with its calls."""
-    from tracer.backends.dlv import agent as agent_mod
+    from tracer.backends.dlv import client as agent_mod
 
     op = operator(BUILD, *KNOBS)
     op.start_work()

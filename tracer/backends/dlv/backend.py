@@ -8,7 +8,7 @@ only the tracer, and each ended by its PID:
   only and, by its default --only-same-user, accepts only connections from the same user;
   without --accept-multiclient it accepts one. (Delve 1.23 and newer could listen on a unix
   socket in the private folder instead; loopback TCP serves every Delve from 1.20 on.)
-- the agent (tracer/backends/dlv/agent.py), Delve's one client: it arms the plan, runs the
+- the agent (tracer/backends/dlv/client.py), Delve's one client: it arms the plan, runs the
   continue loop, writes hit lines to the pipe read at `hits_fd`, and leaves the operator
   cleanly whenever the tracer goes away, SIGKILL included.
 
@@ -40,7 +40,7 @@ import psutil
 
 import tracer
 from tracer.backends.base import Backend, Setting, settings_of
-from tracer.backends.dlv.agent import LISTENING
+from tracer.backends.dlv.client import LISTENING
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes.plan import Plan
@@ -207,7 +207,7 @@ class DlvBackend(Backend):
                                              if p)}
         try:
             self.agent = subprocess.Popen(
-                [sys.executable, "-m", "tracer.backends.dlv.agent",
+                [sys.executable, "-m", "tracer.backends.dlv.client",
                  "--hits-fd", str(self._hits_w), "--workdir", self.workdir,
                  *(["--keep-workdir"] if self._keep else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,

@@ -1,6 +1,7 @@
-"""The Delve agent: the one client of a headless `dlv attach`, in a process of its own.
+"""The Delve client (the "Delve agent" in messages): the one client of a headless `dlv attach`,
+in a process of its own.
 
-`python -m tracer.backends.dlv.agent --hits-fd N` reads commands from stdin and answers on
+`python -m tracer.backends.dlv.client --hits-fd N` reads commands from stdin and answers on
 stdout, one JSON object per line each way ({"id": k, "op": ...} -> {"id": k, "ok": ...};
 events carry "event" instead of "id"). Hits go to the pipe `--hits-fd` in the format of the
 gdb agent: [ts_ns, point, lwp, goid, sp, value, handler_ns].
