@@ -36,7 +36,7 @@ def agent(pid: int | None, no_wait: bool, container_id: str | None,
     --output also keeps a copy of the trace here; --quiet and --plain change nothing."""
     from tracer.backends.select import choose_backend
     from tracer.front.prepare import prepare_process
-    from tracer.remote.agent import Link, pick_operator, stream_trace
+    from tracer.remote.sender import Link, pick_operator, stream_trace
     from tracer.targets.containers import container_pid
 
     link = Link()

@@ -43,7 +43,7 @@ def _attach_pid(pid: int, trace: TraceOptions, kube: KubeOptions) -> None:
         # An operator run outside the cluster (Kubebuilder's `make run`): its objects'
         # changes are recorded when the user names a cluster or what to watch.
         from tracer.kube.client import connect
-        from tracer.kube.session import KubeTargets
+        from tracer.kube.targets import KubeTargets
 
         conn = connect(kube.kubeconfig, kube.context)
         watcher = KubeTargets(conn, kube.namespace or conn.namespace, []).watcher(
@@ -53,7 +53,7 @@ def _attach_pid(pid: int, trace: TraceOptions, kube: KubeOptions) -> None:
 
 def _attach_pods(target: str | None, trace: TraceOptions, kube: KubeOptions) -> None:
     from tracer.front.attach_pods import trace_local_pods, trace_via_agents
-    from tracer.kube.session import find_pods
+    from tracer.kube.targets import find_pods
 
     pods = find_pods(target, kube.selector, kube.namespace, kube.container, kube.context,
                      kube.kubeconfig)

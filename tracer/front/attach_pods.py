@@ -8,7 +8,7 @@ import sys
 from tracer.front.display import Display, multi_screen, receiver_screen
 from tracer.front.options import TraceOptions
 from tracer.front.tracing import run_watched
-from tracer.kube.session import KubeTargets
+from tracer.kube.targets import KubeTargets
 
 
 def trace_local_pods(kube: KubeTargets, output: str, trace: TraceOptions,
@@ -35,21 +35,21 @@ def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, o
                      trace: TraceOptions, watch: tuple[str, ...]) -> None:
     """Each selected pod by an agent next to it (ephemeral container or node pod), streamed
     back through the API server's attach."""
-    from tracer.kube import agents
+    from tracer.kube import agent_pods
     from tracer.kube.multi import MultiRun
     from tracer.remote.receiver import Receiver
 
     display = Display(trace.quiet, trace.plain)
-    started: list[agents.AgentContainer] = []
+    started: list[agent_pods.AgentContainer] = []
     sources = []
     try:
         for pod in kube.pods:
-            agent = agents.start(kube.conn, pod, kind, image, trace.agent_args(),
+            agent = agent_pods.start(kube.conn, pod, kind, image, trace.agent_args(),
                                  display.on_status)
             started.append(agent)
             display.on_status(f"{pod.pod}: waiting for the agent {agent.container} to start")
-            agents.wait_running(kube.conn, agent, image, timeout)
-            stream = agents.AttachStream(kube.conn, agent)
+            agent_pods.wait_running(kube.conn, agent, image, timeout)
+            stream = agent_pods.AttachStream(kube.conn, agent)
             sources.append((pod, stream, {"agent": kind, "agent_pod": agent.pod,
                                           "agent_container": agent.container,
                                           "pod": pod.pod, "namespace": pod.namespace}))
@@ -66,5 +66,5 @@ def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, o
             outcome = run_watched(display, run, multi_screen(run), watcher)
     finally:
         for agent in started:
-            agents.remove(kube.conn, agent)
+            agent_pods.remove(kube.conn, agent)
     display.finish(outcome)

@@ -17,7 +17,7 @@ from typing import BinaryIO, Protocol
 
 from tracer.errors import UserError
 from tracer.remote import protocol
-from tracer.remote.agent import STREAM_BROKEN
+from tracer.remote.sender import STREAM_BROKEN
 from tracer.session.session import Outcome
 from tracer.session.tags import tag_span
 from tracer.session.tracefile import TraceWriter

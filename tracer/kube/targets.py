@@ -1,4 +1,5 @@
-"""`tracer attach POD`: pods named in kubectl's words, traced as local processes."""
+"""The pods to trace (`tracer attach POD`, -l SELECTOR): named in kubectl's words, found as
+local processes, and the watch of their objects."""
 
 from __future__ import annotations
 

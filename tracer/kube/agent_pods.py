@@ -1,4 +1,5 @@
-"""Tracing from anywhere: an agent started next to the operator, streamed back over the API.
+"""The agent pods: tracing from anywhere, by an agent started next to the operator and
+streamed back over the API.
 
 `--agent ephemeral` adds an ephemeral container to the operator's pod (kubectl debug
 --target's way: it shares the operator container's PID namespace, with SYS_PTRACE and no other

@@ -1,4 +1,5 @@
-"""`tracer agent`'s side of the stream: trace one process, write every trace line to stdout.
+"""The sending side of a stream (`tracer agent`; the receiving side is receiver.py): trace one
+process, write every trace line to stdout.
 
 The session writes its trace file as it always does, into a pipe of the agent's own; a
 forwarder thread copies each whole line to standard output, where status and stats lines go
