@@ -121,3 +121,13 @@ def test_the_session_asks_its_backend_nothing_undeclared():
                     "hasattr", "getattr"):
                 target = ast.unparse(node.args[0]) if node.args else ""
                 assert "backend" not in target, f"{path.name}:{node.lineno}: {target}"
+
+
+def test_the_front_names_no_backend():
+    """The front door asks the backend's class (notices, settings), never its name."""
+    names = {"gdb", "dlv", "uprobe"}
+    for module in (m for m in MODULES if _layer(m) in ("front", "cli")):
+        for node in ast.walk(ast.parse(MODULES[module].read_text())):
+            if isinstance(node, ast.Compare):
+                constants = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
+                assert not constants & names, f"{module}:{node.lineno}: {ast.unparse(node)}"

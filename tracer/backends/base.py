@@ -53,6 +53,8 @@ class Backend(Protocol):
     notices: ClassVar[tuple[str, ...]] = ()
     # The --backend-option keys it takes; its constructor gets every one, defaults filled in.
     settings: ClassVar[tuple[Setting, ...]] = ()
+    # The environment variables it reads (where its debugger is installed), for --help.
+    environment: ClassVar[str] = ""
     # False for a backend that never stops the operator to attach (the pause is then 0).
     stops_to_attach: ClassVar[bool] = True
     # True when a program the tracer starts may exec only once armed (kernel uprobes, which

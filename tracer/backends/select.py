@@ -39,6 +39,16 @@ def parse_options(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     return values
 
 
+def environment_help() -> str:
+    """Where each backend finds its debugger, for --help."""
+    parts = []
+    for name in CHOICES[1:]:
+        kind = backend_class(name)
+        if kind.environment:
+            parts.append(f"{name} runs {kind.environment}")
+    return "; ".join(parts)
+
+
 def options_help() -> str:
     """What every backend takes, for --help."""
     parts = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import click
 
 import tracer
-from tracer.backends.select import CHOICES, options_help
+from tracer.backends.select import CHOICES, environment_help, options_help
 from tracer.session.budget import BudgetLimits
 
 AGENT_IMAGE = "ghcr.io/tracer-dev/tracer-agent:" + tracer.__version__
@@ -109,8 +109,7 @@ TRACE_OPTIONS = (
     click.option("--backend", "-b", type=click.Choice(CHOICES), default="auto",
                  show_default=True,
                  help="The debugger behind the run; auto explains its choice in the trace "
-                      "header. Delve is found at $TRACER_DLV, else in the cache scripts/setup "
-                      "fills ($TRACER_CACHE, default ~/.cache/tracer), else on PATH."),
+                      "header; " + environment_help() + "."),
     click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
                  help="A setting of the chosen backend (repeatable): " + options_help() + "."),
     click.option("--max-stopped", type=Percent(), default="5%", show_default=True,

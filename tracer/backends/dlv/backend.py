@@ -157,6 +157,8 @@ class DlvBackend(Backend):
     notices = ("note: if Delve itself is killed while the operator is busy, the operator dies "
                "of SIGTRAP (its breakpoints outlive it); --backend uprobe cannot harm it that "
                "way, and gdb's breakpoints are repaired in time",)
+    environment = ("$TRACER_DLV, else the Delve scripts/setup builds into $TRACER_CACHE "
+                   "(default ~/.cache/tracer), else dlv on PATH")
     settings = (
         Setting("values", "auto", "how Delve reads values: by name where it can, else from "
                 "registers; or always one way", ("auto", "name", "registers")),
