@@ -39,6 +39,7 @@ WATCH_LABEL = "cache.example.com/watch"
 
 MEMCACHED = "memcached"  # the ground truth's "controller"
 LABELED_CONFIGMAP = "labeled-configmap"
+LABELED_SECRET = "labeled-secret"  # an ObjectReconciler (reconcile.AsReconciler)
 
 # The reconcile functions (what the ground truth's "function" holds: the symbol-table names, the
 # same in all four builds), and the sub-reconcilers named Reconcile that are not reconciles.
@@ -46,6 +47,7 @@ PKG = "example.com/cr-operator/internal/controller"
 RECONCILE_FUNCTIONS = {
     MEMCACHED: f"{PKG}.(*MemcachedReconciler).Reconcile",
     LABELED_CONFIGMAP: f"{PKG}.NewLabeledConfigMapReconciler.func1",  # a reconcile.Func closure
+    LABELED_SECRET: f"{PKG}.(*SecretReconciler).Reconcile",  # Reconcile(ctx, *corev1.Secret)
 }
 SUB_RECONCILERS = (
     f"{PKG}.(*configMapSubReconciler).Reconcile",
@@ -233,7 +235,7 @@ def start_operator(binary: Path | str, kubeconfig: Path | str, truth: Path | str
 class Planned:
     """One object of the workload and what its reconciles return while it has this spec."""
 
-    kind: str  # "Memcached" (memcached controller) or "ConfigMap" (labeled-configmap)
+    kind: str  # "Memcached" (memcached), "ConfigMap" (labeled-configmap), "Secret" (labeled-secret)
     name: str
     requeue: bool = False
     requeue_after_ms: int = 0
@@ -242,7 +244,8 @@ class Planned:
 
     @property
     def controller(self) -> str:
-        return MEMCACHED if self.kind == "Memcached" else LABELED_CONFIGMAP
+        return {"Memcached": MEMCACHED, "Secret": LABELED_SECRET}.get(self.kind,
+                                                                     LABELED_CONFIGMAP)
 
 
 def default_plan(prefix: str = "mc", copies: int = 1) -> list[Planned]:
@@ -269,7 +272,7 @@ def default_plan(prefix: str = "mc", copies: int = 1) -> list[Planned]:
 
 def expected_error(p: Planned, namespace: str) -> dict | None:
     """The error a reconcile of P returns, as the ground truth has it ({"type", "message"})."""
-    what = "memcached" if p.kind == "Memcached" else "configmap"
+    what = {"Memcached": "memcached", "Secret": "secret"}.get(p.kind, "configmap")
     return {
         "": None,
         "conflict": {"type": "*errors.StatusError",
@@ -359,6 +362,22 @@ def _configmap_body(p: Planned) -> dict:
     return {"metadata": {"name": p.name, "labels": {WATCH_LABEL: "true"}}, "data": data}
 
 
+def _secret_body(p: Planned) -> dict:
+    """The labeled-secret controller reads what to return from the annotations."""
+    body = _configmap_body(p)
+    return {"metadata": {**body["metadata"], "annotations": body["data"]},
+            "string_data": {"k": "v"}}
+
+
+def secret_plan(prefix: str = "sec") -> list[Planned]:
+    """Objects of the labeled-secret controller (an ObjectReconciler): a result field and
+    two error kinds."""
+    s = "Secret"
+    return [Planned(s, f"{prefix}-ok"), Planned(s, f"{prefix}-after", requeue_after_ms=350),
+            Planned(s, f"{prefix}-wrapped", fail_with="wrapped"),
+            Planned(s, f"{prefix}-conflict", fail_with="conflict")]
+
+
 def _wait(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -406,6 +425,15 @@ def drive_workload(api_client: client.ApiClient, namespace: str,
                              "priority": None, "failWith": None}})
             else:
                 co.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, p.name)
+        elif p.kind == "Secret":
+            if verb == "create":
+                core.create_namespaced_secret(namespace, _secret_body(p))
+            elif verb == "update":
+                core.replace_namespaced_secret(p.name, namespace, {
+                    "metadata": {"name": p.name, "labels": {WATCH_LABEL: "true"}},
+                    "string_data": {"changed": "1"}})
+            else:
+                core.delete_namespaced_secret(p.name, namespace)
         else:
             if verb == "create":
                 core.create_namespaced_config_map(namespace, _configmap_body(p))
@@ -423,7 +451,8 @@ def drive_workload(api_client: client.ApiClient, namespace: str,
         if operator is None:
             time.sleep(pause)
         else:
-            names = [p.name for p in plan]
+            # An ObjectReconciler is never called for an object that is gone.
+            names = [p.name for p in plan if not (verb == "delete" and p.kind == "Secret")]
             _wait(lambda: not _missing(operator, names, t0, want), phase_timeout,
                   lambda: f"{verb}: no record as planned for "
                           f"{_missing(operator, names, t0, want)}")

@@ -16,10 +16,14 @@ from .operators import (
     CR_BUILDS,
     ERROR_KINDS,
     SUB_RECONCILERS,
+    default_plan,
     drive_workload,
+    secret_plan,
 )
 
 MEMCACHED_RECONCILE = "example.com/cr-operator/internal/controller.(*MemcachedReconciler).Reconcile"
+# An ObjectReconciler: Reconcile(ctx, *corev1.Secret), the request read from the object.
+SECRET_RECONCILE = "example.com/cr-operator/internal/controller.(*SecretReconciler).Reconcile"
 # reconcile.Func's method: generic since v0.18 (TypedFunc), so named by its instance.
 FUNC_RECONCILE = {
     "v0.25.3": ("sigs.k8s.io/controller-runtime/pkg/reconcile.TypedFunc"
@@ -39,6 +43,7 @@ def traced_workload(build: str, backend: str, cr_operator, cr_namespace, realops
     header = wait_for_header(trace, run)
     opened = time.monotonic_ns()
     drive_workload(realops_cluster.api_client, cr_namespace, operator=op,
+                   plan=default_plan() + secret_plan(),
                    has_priority=CR_BUILDS[build].has_priority)
     time.sleep(0.5)
     closed = time.monotonic_ns()
@@ -95,7 +100,8 @@ def test_every_reconcile_once_with_its_fields(build, backend, cr_operator, cr_na
     truth, spans, header, end, opened, closed = traced_workload(
         build, backend, cr_operator, cr_namespace, realops_cluster, tracer_cmd, tmp_path)
     has_priority = CR_BUILDS[build].has_priority
-    functions = [MEMCACHED_RECONCILE, FUNC_RECONCILE[CR_BUILDS[build].controller_runtime]]
+    functions = [MEMCACHED_RECONCILE, SECRET_RECONCILE,
+                 FUNC_RECONCILE[CR_BUILDS[build].controller_runtime]]
     assert header["probe"] == "controller-runtime"
     assert sorted(header["functions"]) == sorted(functions)
     assert not set(SUB_RECONCILERS) & set(header["functions"])
@@ -108,7 +114,8 @@ def test_every_reconcile_once_with_its_fields(build, backend, cr_operator, cr_na
     assert len(ERROR_KINDS) == 5
     assert any(c["requeue"] for c in truth) and any(c["requeue_after_ns"] for c in truth)
     assert any(c["priority"] is not None for c in truth) == has_priority
-    assert {c["controller"] for c in truth} == {"memcached", "labeled-configmap"}
+    assert {c["controller"] for c in truth} == {"memcached", "labeled-configmap",
+                                                "labeled-secret"}
 
     matched = match(truth, spans, opened, closed)
     for i, call in enumerate(truth):

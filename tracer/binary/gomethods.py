@@ -26,6 +26,7 @@ class Signature:
     params: tuple[int, ...]  # parameter type descriptor addresses (static)
     results: tuple[int, ...]
     concrete: int = 0  # the type descriptor of the receiver type the itab is for
+    interface_pkg: str = ""  # the interface type's package path
 
 
 def method_signatures(img: ElfImage, info: BinaryInfo, fn: Function) -> list[Signature]:
@@ -68,7 +69,7 @@ def _itab_method(read, base: int, end: int, fun_word: int, method: str) -> Signa
                 continue
             params, results = gotypes.func_signature(read, methods[k][1])
             return Signature(gotypes.type_name(read, base, inter), tuple(params),
-                             tuple(results), typ)
+                             tuple(results), typ, gotypes.pkg_path(read, base, inter) or "")
         except (BinaryError, gotypes.TypeDecodeError, struct.error, ValueError):
             continue
     return None

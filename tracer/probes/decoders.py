@@ -29,6 +29,7 @@ from tracer.binary.gotypes import KIND_INT32, KIND_STRING
 from tracer.binary.govalues import MAX_MESSAGE, MAX_NAME, GoMemory
 
 STRING = "string"  # (pointer, length) registers
+STRING_IN = "string-in"  # a string field at `offset` in the struct a register points at
 BOOL = "bool"  # the low byte of a register
 INT = "int"  # a signed 64-bit register
 INT_PTR = "int-ptr"  # a *int in a register: the int, or None for nil
@@ -44,6 +45,7 @@ class Field:
     name: str  # the value's name in the trace (see `named`)
     kind: str
     regs: tuple[str, ...]
+    offset: int = 0  # STRING_IN: where the string header is in the pointed-at struct
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,23 @@ def _f(name: str, kind: str, *regs: str) -> Field:
 
 
 _REQUEST = (_f("namespace", STRING, "rdi", "rsi"), _f("name", STRING, "r8", "r9"))
+# A Kubernetes object: TypeMeta (two strings, 32 bytes), then ObjectMeta {Name, GenerateName,
+# Namespace, ...}; tracer.probes.layouts checks each object type has this layout.
+OBJECT_NAME_AT = 32
+OBJECT_NAMESPACE_AT = 64
 
 DECODERS: dict[str, Decoder] = {d.name: d for d in (
     # func (r *R) Reconcile(ctx, req reconcile.Request): receiver RAX, ctx RBX/RCX, then
     # req.NamespacedName's two strings.
     Decoder("cr-request", "go", ENTRY, _REQUEST,
             "controller-runtime's reconcile.Request after receiver and ctx", names_only=True),
+    # func (r *R) Reconcile(ctx, obj *MyKind): an ObjectReconciler (reconcile.AsReconciler):
+    # the object pointer after receiver and ctx, its namespace and name from its metadata.
+    Decoder("cr-object", "go", ENTRY,
+            (Field("namespace", STRING_IN, ("rdi",), OBJECT_NAMESPACE_AT),
+             Field("name", STRING_IN, ("rdi",), OBJECT_NAME_AT)),
+            "controller-runtime's ObjectReconciler: the object's namespace and name",
+            names_only=True, probe_file=False),
     # (reconcile.Result, error) with Result {Requeue bool; RequeueAfter time.Duration}:
     # controller-runtime before v0.23.
     Decoder("cr-result", "go", EXIT,
@@ -134,6 +147,12 @@ def _read(field: Field, reg: Reg, mem: GoMemory):
     if kind == STRING:
         limit = MAX_MESSAGE if field.name == "message" else MAX_NAME
         return mem.string(reg(field.regs[0]), reg(field.regs[1]), limit)
+    if kind == STRING_IN:
+        base = reg(field.regs[0])
+        if not base:
+            return None
+        header = base + field.offset
+        return mem.string(mem.u64(header), mem.u64(header + 8), MAX_NAME)
     if kind == BOOL:
         return reg(field.regs[0]) & 0xFF != 0
     if kind == INT:
@@ -212,6 +231,10 @@ def fetchargs(name: str | None, slots: ErrorSlots = STD_ERROR_SLOTS) -> list[str
         regs = [_tracefs_reg(r) for r in field.regs]
         if field.kind == STRING:
             args += [f"{n}l={regs[1]}:s64", f"{n}=+0({regs[0]}):u64[{STRING_BYTES // 8}]"]
+        elif field.kind == STRING_IN:
+            at = field.offset
+            args += [f"{n}l=+{at + 8}({regs[0]}):s64",
+                     f"{n}=+0(+{at}({regs[0]})):u64[{STRING_BYTES // 8}]"]
         elif field.kind == BOOL:
             args.append(f"{n}={regs[0]}:u8")
         elif field.kind == INT:
@@ -249,7 +272,7 @@ def from_fetched(name: str | None, f: dict, mem: GoMemory, capture: bool,
     values = []
     for i, field in enumerate(decoder.fields):
         n = f"f{i}"
-        if field.kind == STRING:
+        if field.kind in (STRING, STRING_IN):
             values.append(_text(f[n], f[n + "l"]))
         elif field.kind in (BOOL, INT):
             values.append(f[n] != 0 if field.kind == BOOL else f[n])

@@ -23,6 +23,7 @@ from tracer.probes import decoders
 from tracer.probes.spec import FunctionSpec
 
 CONTROLLER_RUNTIME = "sigs.k8s.io/controller-runtime"
+RECONCILE_PACKAGE = CONTROLLER_RUNTIME + "/pkg/reconcile"  # its Reconciler interfaces
 PRIORITY_SINCE = (0, 23)  # reconcile.Result.Priority
 
 # Result fields, (name, kind, offset), of each layout -> the exit decoder that reads it.
@@ -34,6 +35,9 @@ RESULT_LAYOUTS = {
 }
 # A request is two strings, Namespace then Name (reconcile.Request embeds NamespacedName).
 REQUEST_LAYOUT = (("Namespace", gotypes.KIND_STRING, 0), ("Name", gotypes.KIND_STRING, 16))
+# An object (ObjectReconciler): where its metadata's name and namespace are.
+OBJECT_FIELDS = {("ObjectMeta", "Name"): decoders.OBJECT_NAME_AT,
+                 ("ObjectMeta", "Namespace"): decoders.OBJECT_NAMESPACE_AT}
 
 
 def _version(text: str | None) -> tuple[int, int] | None:
@@ -60,10 +64,29 @@ def _flat(read, struct_type: int, base: int = 0, depth: int = 0) -> list[tuple]:
 
 @dataclasses.dataclass
 class Shape:
-    request: bool  # the second parameter is a Namespace/Name request
+    request: str | None  # the entry decoder: a request, an object, or None (not known)
     result: str | None  # the exit decoder, None if the result's layout is not known
     result_fields: tuple[str, ...]
     interface: str
+    by_controller_runtime: bool  # called through one of controller-runtime's interfaces
+
+
+def _object_at(read, typ: int) -> bool:
+    """Whether `typ` is a pointer to a Kubernetes object whose metadata's name and namespace
+    sit where the cr-object decoder reads them."""
+    if gotypes.type_kind(read, typ) != gotypes.KIND_POINTER:
+        return False
+    target = gotypes.pointer_elem(read, typ)
+    if not target or gotypes.type_kind(read, target) != gotypes.KIND_STRUCT:
+        return False
+    found = {}
+    for name, ftype, off in gotypes.struct_fields(read, target):
+        if name == "ObjectMeta" and gotypes.type_kind(read, ftype) == gotypes.KIND_STRUCT:
+            for inner, itype, ioff in gotypes.struct_fields(read, ftype):
+                if ("ObjectMeta", inner) in OBJECT_FIELDS \
+                        and gotypes.type_kind(read, itype) == gotypes.KIND_STRING:
+                    found[("ObjectMeta", inner)] = off + ioff
+    return found == OBJECT_FIELDS
 
 
 def _shape(read, sig: Signature) -> Shape | None:
@@ -76,12 +99,16 @@ def _shape(read, sig: Signature) -> Shape | None:
             or gotypes.type_kind(read, err) != gotypes.KIND_INTERFACE \
             or gotypes.type_kind(read, result) != gotypes.KIND_STRUCT:
         return None
-    request = gotypes.type_kind(read, req) == gotypes.KIND_STRUCT and tuple(
-        _flat(read, req)) == REQUEST_LAYOUT
+    request = None
+    if gotypes.type_kind(read, req) == gotypes.KIND_STRUCT and tuple(
+            _flat(read, req)) == REQUEST_LAYOUT:
+        request = "cr-request"
+    elif _object_at(read, req):
+        request = "cr-object"
     fields = tuple((n, k, o) for n, _t, o in gotypes.struct_fields(read, result)
                    for k in [gotypes.type_kind(read, _t)])
     return Shape(request, RESULT_LAYOUTS.get(fields), tuple(f[0] for f in fields),
-                 sig.interface)
+                 sig.interface, sig.interface_pkg == RECONCILE_PACKAGE)
 
 
 def resolve(info: BinaryInfo, functions: list[tuple[Function, FunctionSpec]],
@@ -129,8 +156,10 @@ def resolve(info: BinaryInfo, functions: list[tuple[Function, FunctionSpec]],
 
 def _decide(fn: Function, fs: FunctionSpec, shapes: list[Shape], cr: str | None,
             expected: str | None, notes: list[str], said: set[str]) -> FunctionSpec | None:
-    requests = [s for s in shapes if s.request]
-    if shapes and not requests:
+    # A reconciler: called through controller-runtime's own interfaces, or with a request.
+    # Anything else named Reconcile (a sub-reconciler taking the object) is not.
+    reconcilers = [s for s in shapes if s.by_controller_runtime or s.request == "cr-request"]
+    if shapes and not reconcilers:
         notes.append(f"{fn.name} is not a reconciler (called as {shapes[0].interface}, "
                      "without a request): not traced")
         return None
@@ -143,8 +172,14 @@ def _decide(fn: Function, fs: FunctionSpec, shapes: list[Shape], cr: str | None,
                      "build, or never called through an interface): request and result "
                      "not decoded")
         return dataclasses.replace(fs, entry=None, exit=None)
-    shape = requests[0]
+    shape = reconcilers[0]
     exit_decoder = shape.result if fs.exit == "cr-result" else fs.exit
+    entry_decoder = fs.entry
+    if fs.entry == "cr-request":
+        entry_decoder = shape.request
+        if shape.request is None:
+            notes.append(f"{fn.name}: its request (called as {shape.interface}) has no known "
+                         "layout: request not decoded")
     if fs.exit == "cr-result":
         layout = "{" + ", ".join(shape.result_fields) + "}"
         if shape.result is None:
@@ -159,7 +194,7 @@ def _decide(fn: Function, fs: FunctionSpec, shapes: list[Shape], cr: str | None,
             where = f"controller-runtime {cr}" if cr else "the binary's own Result type"
             notes.append(f"result layout: Result {layout} ({where}, from the runtime type "
                          "data)")
-    return dataclasses.replace(fs, exit=exit_decoder)
+    return dataclasses.replace(fs, entry=entry_decoder, exit=exit_decoder)
 
 
 def error_slots(info: BinaryInfo) -> decoders.ErrorSlots:

@@ -100,6 +100,10 @@ func main() {
 		setupLog.Error(err, "unable to create the controller", "controller", controller.LabeledConfigMapController)
 		os.Exit(1)
 	}
+	if err := controller.SetupLabeledSecrets(mgr, truth, workers); err != nil {
+		setupLog.Error(err, "unable to create the controller", "controller", controller.LabeledSecretController)
+		os.Exit(1)
+	}
 	if probeAddr != "0" && probeAddr != "" {
 		utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 		utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
