@@ -99,8 +99,9 @@ TRACE_OPTIONS = (
                  help="Trace the functions whose names match REGEX instead of a probe's (an "
                       "ad-hoc probe: every match is a reconcile)."),
     click.option("--probe", "-p", metavar="NAME|FILE",
-                 help="The probe to trace with: a known probe's name (tracer probes list) or a "
-                      "probe file. Default: the best match for the binary."),
+                 help="The probe to trace with: a known probe's name (tracer probes list; "
+                      "$TRACER_PROBE_PATH's folders first) or a probe file. Default: the best "
+                      "match for the binary."),
     click.option("--no-args", is_flag=True,
                  help="Record no argument or error values, only times and types."),
     click.option("--quiet", "-q", is_flag=True, help="Print no line per call."),

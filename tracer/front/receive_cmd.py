@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from tracer.errors import UserError
+from tracer.front.display import Display, receiver_screen
 from tracer.front.prepare import default_output
-from tracer.front.receive import receive_stream
 from tracer.output import check_output
 
 
@@ -47,3 +47,15 @@ def receive(command: tuple[str, ...], output: str | None, force: bool, duration:
     tags = _key_values(tag, "--tag")
     out = check_output(output or default_output("agent", "remote"), "--output", force)
     receive_stream(ProcessStream(list(command)), out, duration, quiet, plain, where, tags)
+
+
+def receive_stream(stream, output: str, duration: float | None, quiet: bool, plain: bool,
+                   via: dict | None = None, tags: dict | None = None) -> None:
+    """Record an agent's stream into `output`, shown like a local run (lines or the live
+    screen) and ended with the same summary line and exit status."""
+    from tracer.remote.receiver import Receiver
+
+    display = Display(quiet, plain)
+    receiver = Receiver(stream, output, via=via, tags=tags, duration=duration,
+                        on_span=display.on_span, on_status=display.on_status)
+    display.finish(display.run(receiver, receiver_screen(receiver)))

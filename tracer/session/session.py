@@ -156,7 +156,7 @@ class Session:
                     self._on_record(json.loads(raw), points, pairer)
                 except Exception as exc:  # noqa: BLE001 - one bad line must not end the reader
                     self.agent_errors.append(f"reader: {exc!r}")
-        # End of the pipe: gdb is gone. If the tracer did not end it, gdb died attached and
+        # End of the pipe: the debugger is gone. If the tracer did not end it, it died attached and
         # every moment counts before the operator runs into a breakpoint byte.
         if not self._leaving and self._on_debugger_death is not None:
             self._on_debugger_death()
@@ -251,7 +251,7 @@ class Session:
             self._leave(backend, self._reader)
             if pid is not None and bias is not None and altered is None \
                     and reason not in ("target-exited", "target-exec") and _alive(pid):
-                # No detach was confirmed (an exception, a stop that never came): gdb has
+                # No detach was confirmed (an exception, a stop that never came): the debugger has
                 # been ended, so whatever int3 it left must go now, before a call runs into it.
                 altered = self._repair(pid, bias, "the detach did not complete")
             for sig, handler in previous.items():
@@ -423,7 +423,7 @@ class Session:
         return left
 
     def _leave(self, backend: Backend, reader: threading.Thread | None) -> None:
-        """Whatever happened: detach if still attached, end gdb, let the reader drain."""
+        """Whatever happened: detach if still attached, end the debugger, let the reader drain."""
         self._leaving = True
         try:
             # One more try only if the clean way out was never reached (an exception).
