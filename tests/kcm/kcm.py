@@ -9,6 +9,7 @@ returns (a `defer` at the function's top, so on every path), naming the key:
   Finished syncing job "ns/name" (...)
   Finished syncing service "ns/name" endpoints. (...)
   Finished syncing service "ns/name" endpoint slices. (...)
+  Finished processing PVC ns/name (...)
 and the failures its worker logs after a sync returned an error:
   sync "ns/name" failed with <err>                       (ReplicaSet, always)
   Error syncing job: <err>                                (Job, always; no key)
@@ -38,15 +39,19 @@ SYNC = {
     "job": f"{PKG}/job.(*Controller).syncJob",
     "endpoint": f"{PKG}/endpoint.(*Controller).syncService",
     "endpointslice": f"{PKG}/endpointslice.(*Controller).syncService",
+    # processPVC(pvcNamespace, pvcName string) error: the go-namespace-name decoder.
+    "pvc-protection": f"{PKG}/volume/pvcprotection.(*Controller).processPVC",
 }
-CONTROLLERS = tuple(SYNC)
+CONTROLLERS = tuple(SYNC)  # --controllers
 # The name each controller's informers wait under ("Caches are synced for NAME").
 CACHE_NAMES = {"deployment": "deployment", "replicaset": "ReplicaSet", "job": "job",
-               "endpoint": "endpoint", "endpointslice": "endpoint_slice"}
+               "endpoint": "endpoint", "endpointslice": "endpoint_slice",
+               "pvc-protection": "PVC protection"}
 # Which sync function each kind of object is keyed in.
 KIND_FUNCTIONS = {"Deployment": (SYNC["deployment"],), "ReplicaSet": (SYNC["replicaset"],),
                   "Job": (SYNC["job"],),
-                  "Service": (SYNC["endpoint"], SYNC["endpointslice"])}
+                  "Service": (SYNC["endpoint"], SYNC["endpointslice"]),
+                  "PersistentVolumeClaim": (SYNC["pvc-protection"],)}
 
 _FINISHED = {
     SYNC["deployment"]: re.compile(r'Finished syncing deployment "([^"]+)"'),
@@ -54,6 +59,7 @@ _FINISHED = {
     SYNC["job"]: re.compile(r'Finished syncing job "([^"]+)"'),
     SYNC["endpoint"]: re.compile(r'Finished syncing service "([^"]+)" endpoints\.'),
     SYNC["endpointslice"]: re.compile(r'Finished syncing service "([^"]+)" endpoint slices\.'),
+    SYNC["pvc-protection"]: re.compile(r"Finished processing PVC (\S+) \("),
 }
 _RS_FAILED = re.compile(r'sync "([^"]+)" failed with (.*)$')
 _JOB_FAILED = re.compile(r"Error syncing job: (.*)$")
@@ -165,7 +171,8 @@ def create_namespace(api: client.ApiClient, name: str, forbid_pods: bool = False
 
 def create_objects(api: client.ApiClient, namespace: str, prefix: str,
                    copies: int) -> dict[str, str]:
-    """`copies` Deployments, ReplicaSets, Jobs and Services: key -> kind."""
+    """`copies` Deployments, ReplicaSets, Jobs and Services, and PersistentVolumeClaims
+    made and deleted: key -> kind."""
     apps, batch, core = client.AppsV1Api(api), client.BatchV1Api(api), client.CoreV1Api(api)
     made: dict[str, str] = {}
     for i in range(copies):
@@ -192,6 +199,15 @@ def create_objects(api: client.ApiClient, namespace: str, prefix: str,
             "spec": {"selector": _labels(f"{prefix}-rs-{i}"),
                      "ports": [{"port": 80, "targetPort": 8080}]}})
         made[f"{namespace}/{name}"] = "Service"
+        name = f"{prefix}-pvc-{i}"
+        core.create_namespaced_persistent_volume_claim(namespace, {
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}}})
+        # The API server gives it the protection finalizer itself: the controller has work
+        # only when it is deleted (is a Pod using it? if not, take the finalizer off).
+        core.delete_namespaced_persistent_volume_claim(name, namespace)
+        made[f"{namespace}/{name}"] = "PersistentVolumeClaim"
     return made
 
 
