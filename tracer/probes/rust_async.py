@@ -46,10 +46,18 @@ from tracer.probes.plan import (
 )
 from tracer.probes.spec import ROLE_END, ROLE_STEP, FunctionSpec
 
+# An async fn's body: legacy names `::{{closure}}`, v0 names (rustc's default from 1.97 on)
+# `::{closure#0}`.
 CLOSURE = "::{{closure}}"
+CLOSURES = (CLOSURE, "::{closure#0}")
+# A type's drop glue, as legacy and v0 names print it; rustc 1.97 renamed drop_in_place's
+# glue instances drop_glue.
 DROP_PREFIX = "core::ptr::drop_in_place<"
+DROP_PREFIXES = (DROP_PREFIX, "core::ptr::drop_in_place::<", "core::ptr::drop_glue<",
+                 "core::ptr::drop_glue::<")
 GEN_FUTURE = "core::future::from_generator::GenFuture<"
 FUTURE_POLL = " as core::future::future::Future>::poll"
+DROP_IMPL = " as core::ops::drop::Drop>::drop"
 # A poll returning more than two registers' worth returns it through memory (RAX = the slot).
 MAX_REGISTER_RETURN = 16
 MAX_RESULT_BYTES = 64
@@ -64,6 +72,16 @@ def demangled(name: str) -> str:
     return name
 
 
+def is_drop(name: str) -> bool:
+    return name.startswith(DROP_PREFIXES)
+
+
+def dropped_type(drop_name: str) -> str:
+    """`T` of `core::ptr::drop_in_place<T>` (and its v0 and drop_glue spellings)."""
+    prefix = next(p for p in DROP_PREFIXES if drop_name.startswith(p))
+    return drop_name[len(prefix):-1]
+
+
 def _names(info: BinaryInfo) -> list[tuple[Function, str]]:
     return [(fn, demangled(fn.name)) for fn in info.functions]
 
@@ -76,6 +94,9 @@ def matching_parts(info: BinaryInfo, spec: FunctionSpec) -> tuple[list[str], lis
     if not polls and spec.poll is None:
         polls = [(fn, demangled(fn.name), drop)
                  for fn, _inner, drop in _inlined_polls(info, named, spec)]
+    if not polls and spec.poll is None:
+        polls = [(fn, demangled(fn.name), drop)
+                 for fn, _inner, drop in _wrapper_polls(named, spec)]
     names = [name for _fn, name, _drop in polls]
     drops = [drop[1] for _fn, _name, drop in polls if drop is not None]
     return list(dict.fromkeys(names)), list(dict.fromkeys(drops))
@@ -84,7 +105,7 @@ def matching_parts(info: BinaryInfo, spec: FunctionSpec) -> tuple[list[str], lis
 def _polls(named: list[tuple[Function, str]], spec: FunctionSpec) -> list[tuple[Function, str]]:
     rx = spec.poll or spec.match
     return [(fn, name) for fn, name in named
-            if rx.search(name) and not name.startswith(DROP_PREFIX)
+            if rx.search(name) and not is_drop(name)
             and not (spec.exclude and spec.exclude.search(name))]
 
 
@@ -94,7 +115,8 @@ def _drop_for(named: list[tuple[Function, str]], spec: FunctionSpec,
         found = [(fn, name) for fn, name in named if spec.drop.search(name)]
     else:
         # rustc before 1.68 wraps an async body (a generator) in GenFuture, at offset 0.
-        wanted = {f"{DROP_PREFIX}{poll_name}>", f"{DROP_PREFIX}{GEN_FUTURE}{poll_name}>>"}
+        wanted = {f"{prefix}{inner}>" for prefix in DROP_PREFIXES
+                  for inner in (poll_name, f"{GEN_FUTURE}{poll_name}>")}
         found = [(fn, name) for fn, name in named if name in wanted]
     return found[0] if found else None
 
@@ -110,7 +132,7 @@ def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
     rx = spec.poll or spec.match
     out = []
     for fn, name in named:
-        if not name.startswith(DROP_PREFIX):
+        if not is_drop(name):
             continue
         inner = _body_in(name, rx, spec)
         if inner is None:
@@ -123,16 +145,82 @@ def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
     return out
 
 
+def _wrapper_polls(named: list[tuple[Function, str]],
+                   spec: FunctionSpec) -> list[tuple[Function, str, tuple[Function, str]]]:
+    """Async bodies inlined into a wrapper future's poll, found by name: a function
+    `<W as core::future::future::Future>::poll` whose type W holds the body (a type path of
+    its arguments is the body), with W's drop glue beside it. So kube-runtime's spawned
+    reconcile, `Instrumented<IntoFuture<reconcile::{closure#0}>>`, in a tokio task: release
+    builds inline the body and IntoFuture's poll into Instrumented's, which stays a function
+    (tokio's task harness calls it), as does its Drop impl (tokio drops the future when it
+    is Ready or the task is aborted). Of wrappers held in one another, the outermost: its polls
+    are the future's, each once. (poll, the body's name, the drop) for each."""
+    rx = spec.poll or spec.match
+    drops = {dropped_type(name): (fn, name) for fn, name in named if is_drop(name)}
+    # W's own Drop impl, where it has one (tracing's Instrumented has): every drop of a W
+    # calls it, wherever the glue around it was inlined (tokio inlines the task's future's
+    # glue into its stage's), so it is the end marker, self in RDI as the glue's.
+    drops.update({name[1:-len(DROP_IMPL)]: (fn, name) for fn, name in named
+                  if name.startswith("<") and name.endswith(DROP_IMPL)})
+    found: dict[str, tuple[Function, str, tuple[Function, str]]] = {}
+    for fn, name in named:
+        if not (name.startswith("<") and name.endswith(FUTURE_POLL)):
+            continue
+        wrapper = name[1:-len(FUTURE_POLL)]
+        if wrapper not in drops or rx.search(wrapper):
+            continue  # no drop of its own, or the body itself (found by `match` already)
+        inner = _held(wrapper, rx)
+        if inner is not None and not (spec.exclude and spec.exclude.search(inner)):
+            found[wrapper] = (fn, inner, drops[wrapper])
+    return [found[w] for w in found
+            if not any(w != other and w in other for other in found)]
+
+
+def _held(wrapper: str, rx: re.Pattern[str]) -> str | None:
+    """The body a wrapper type holds as its first type argument, through wrappers of wrappers
+    (`Instrumented<IntoFuture<body>>`), or None. A type that only names the body among the
+    arguments of a generic function (`Fuse<applier<Widget, .., reconcile::{closure#0}, ..>
+    ::{closure#0}>`, kube-runtime's own future) does not hold it."""
+    for _ in range(MAX_WRAPPERS):
+        if rx.search(wrapper):
+            return wrapper
+        if not wrapper.endswith(">") or "<" not in wrapper:
+            return None
+        wrapper = _split_generics(wrapper[wrapper.index("<") + 1:-1])[0]
+    return None
+
+
+MAX_WRAPPERS = 8
+
+
+def _split_generics(args: str) -> list[str]:
+    """A generic argument list split at its top-level commas."""
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(args):
+        if c in "<([":
+            depth += 1
+        elif c in ">)]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            out.append(args[start:i].strip())
+            start = i + 1
+    out.append(args[start:].strip())
+    return out
+
+
 def _body_in(drop_name: str, rx: re.Pattern[str], spec: FunctionSpec) -> str | None:
     """The async body a drop is for: the body's own future, or one that holds it (GenFuture,
     an Instrumented-like wrapper), so a type path in the dropped type's arguments names it."""
-    return next((path for path in re.split(r"[<>,\s]+", drop_name[len(DROP_PREFIX):-1])
+    return next((path for path in re.split(r"[<>,\s]+", dropped_type(drop_name))
                  if rx.search(path) and not (spec.exclude and spec.exclude.search(path))), None)
 
 
 def async_fn_name(poll_name: str) -> str:
     """`crate::reconcile::{{closure}}` is the body of `crate::reconcile`: name spans by it."""
-    return poll_name[: -len(CLOSURE)] if poll_name.endswith(CLOSURE) else poll_name
+    for suffix in CLOSURES:
+        if poll_name.endswith(suffix):
+            return poll_name[: -len(suffix)]
+    return poll_name
 
 
 def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]:
@@ -143,9 +231,11 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
     polls = [(fn, name, _drop_for(named, spec, name)) for fn, name in _polls(named, spec)]
     if not polls and spec.poll is None:
         polls = _inlined_polls(info, named, spec)
+    if not polls and spec.poll is None:
+        polls = _wrapper_polls(named, spec)
     if not polls:
         drops = [name for _fn, name in named
-                 if name.startswith(DROP_PREFIX) and (spec.poll or spec.match).search(name)]
+                 if is_drop(name) and (spec.poll or spec.match).search(name)]
         hint = (f" (only its drop, {drops[0]}, is in the binary: its poll was inlined into an "
                 "outer future's; name that one's poll and drop with `poll` and `drop`)"
                 if drops else "")
@@ -204,7 +294,12 @@ class FutureLayout:
     def describe(self) -> str:
         where = ("state unknown: ended by its drop" if self.state_offset is None else
                  f"state at +{self.state_offset:#x} ({self.state_source})")
-        return (where + ("; Ok/Err read from DWARF" if self.result else "; result not readable")
+        said = "; result not readable"
+        if self.result:
+            said = "; Ok/Err read from DWARF; " + (
+                "error message: the String returned" if self.result.get("messages") else
+                "no error message (what the error's Display prints is not in the binary)")
+        return (where + said
                 + ("; object's namespace/name read at its first poll" if self.request else ""))
 
     @staticmethod
@@ -242,7 +337,7 @@ def state_dispatch_offset(info: BinaryInfo, fn: Function) -> int | None:
     poll, whose only field is the body): an outer future's first byte load may be a field of
     its own."""
     name = demangled(fn.name)
-    if not (name.endswith(CLOSURE) or name.startswith(f"<{GEN_FUTURE}")):
+    if not (name.endswith(CLOSURES) or name.startswith(f"<{GEN_FUTURE}")):
         return None
     self_regs = {"rsi"}
     for n, (_addr, _size, mnem, ops) in enumerate(
@@ -261,3 +356,4 @@ def state_dispatch_offset(info: BinaryInfo, fn: Function) -> int | None:
         if mnem == "movzx" and load and load.group(1) in self_regs:
             return int(load.group(2), 0)
     return None
+

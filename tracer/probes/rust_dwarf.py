@@ -150,37 +150,48 @@ def _result(sub) -> dict | None:
     if result is None or {"Ok", "Err"} - {result["default"], *result["values"].values()}:
         return None
     layout = {"poll": _plain(poll), "ready": ready, "result": _plain(result), "error": None,
-              "error_type": None, "messages": {}}
+              "error_type": None, "messages": {}, "requeue": None}
     if "Err" in result["payload"]:
         err_offset, err_type = result["payload"]["Err"]
         layout["error_type"] = _full_name(err_type)
         error = _enum(err_type, err_offset) if err_type is not None else None
         if error is not None:
             layout["error"] = _plain(error)
-            bodies = error["bodies"].items()
-        else:
-            bodies = [(None, (err_offset, err_type))] if err_type is not None else []
-        # Like a Go error's message: the variant's (or the error's) first string field.
-        for variant, (at, body) in bodies:
-            found = _first_string(body, at)
-            if found is not None:
-                layout["messages"][variant or ""] = found
-    layout["read"] = max(e["off"] + e["size"] for e in
-                         (layout["poll"], layout["result"], layout["error"]) if e)
+        # A message is what the error's Display prints, or none: that is known only of an
+        # error that is itself a String or &str (Display prints it unchanged). An enum's or
+        # a struct's Display is code of its own (thiserror's `#[error("...")]` formats its
+        # fields), so a field of it is not the message.
+        parts = _string_parts(err_type) if error is None else None
+        if parts is not None:
+            layout["messages"][""] = [err_offset + parts[0], err_offset + parts[1]]
+    if "Ok" in result["payload"]:
+        layout["requeue"] = _requeue(*result["payload"]["Ok"])
+    ends = [e["off"] + e["size"] for e in (layout["poll"], layout["result"], layout["error"])
+            if e]
+    if layout["requeue"] is not None:
+        ends += [layout["requeue"]["secs"] + 8, layout["requeue"]["nanos"] + 4]
+    layout["read"] = max(ends)
     return layout
 
 
-def _first_string(die, base: int) -> list[int] | None:
-    """[ptr offset, len offset] of the first String or &str member of a struct at `base`."""
+def _requeue(offset: int, die) -> dict | None:
+    """kube-runtime's Action (`requeue_after: Option<Duration>`), the Ok of a reconcile:
+    {"option": the Option's discriminant, "secs", "nanos": offsets in the returned value}."""
     die = _strip(die)
-    if die is None or die.tag != "DW_TAG_structure_type":
+    if die is None or die.tag != "DW_TAG_structure_type" or _name(die) != "Action":
         return None
-    for member in _members(die):
-        parts = _string_parts(_type(member))
-        if parts is not None:
-            at = base + _offset(member)
-            return [at + parts[0], at + parts[1]]
-    return None
+    member = _member(die, "requeue_after")
+    option = _enum(_type(member), offset + _offset(member)) if member is not None else None
+    if option is None or {option["default"], *option["values"].values()} != {"None", "Some"} \
+            or "Some" not in option["payload"]:
+        return None
+    at, duration = option["payload"]["Some"]
+    duration = _strip(duration)
+    secs = _member(duration, "secs") if duration is not None else None
+    nanos = _member(duration, "nanos") if duration is not None else None
+    if secs is None or nanos is None or _size(_type(secs)) != 8 or _size(_type(nanos)) != 4:
+        return None
+    return {"option": _plain(option), "secs": at + _offset(secs), "nanos": at + _offset(nanos)}
 
 
 # -- the reconciled object: namespace and name, read at a future's first poll --------------

@@ -136,7 +136,16 @@ class AsyncPairer:
             return False, None
         variant = _variant(layout["result"], data)
         if variant == "Ok":
-            return True, (True, None, None)
+            requeue = layout.get("requeue")
+            if requeue is None:
+                return True, (True, None, None)
+            # kube-runtime's Action: Some(duration) or None (await a change).
+            after = None
+            if _variant(requeue["option"], data) == "Some":
+                secs = int.from_bytes(data[requeue["secs"]:requeue["secs"] + 8], "little")
+                nanos = int.from_bytes(data[requeue["nanos"]:requeue["nanos"] + 4], "little")
+                after = secs * 1_000_000_000 + nanos
+            return True, (True, None, {"requeue_after_ns": after})
         error = layout["error_type"] or "Err"
         if layout["error"] is not None:
             name = _variant(layout["error"], data)
@@ -179,7 +188,7 @@ class AsyncPairer:
         elif call.outcome is not None:
             ok, error, message = call.outcome
             if ok is True:
-                span["result"] = {"ok": True}
+                span["result"] = {"ok": True, **(message or {})}
             elif ok is False:
                 span["error"] = {"type": error, "message": message}
                 status = "error"

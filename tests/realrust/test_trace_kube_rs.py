@@ -1,0 +1,125 @@
+"""The tracer on the real kube-rs operator (samples/kube-rs-operator: kube 5.0.0's Controller
+on tokio), with no probe named, under gdb, against a real API server: every reconcile the
+operator records in the window is in the trace exactly once, with its poll count and the
+thread of each poll; Ok/Err and the requeue where the header says they are read (DWARF), and
+nothing where it says they are not; no span for error_policy or any other closure. Ground
+truth: the operator's own record of each reconcile future (operators.py)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from helpers import read_lines, tracer_pid, wait_for_header, wait_until
+
+from tracer.binary.analyze import analyze
+from tracer.probes.compile import compile_plan
+from tracer.targets.process import altered_code, load_bias
+
+from .operators import BUILDS, RECONCILE, default_widgets, drive, expected
+
+# Recorded (the ground truth's wrapper) lies inside the reconcile's future, a few KB at most
+# from the start of the future the tracer keys the span by (kube-runtime's Instrumented).
+NEAR = 1 << 16
+
+
+def traced_workload(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path):
+    op = rust_operator(build, rust_namespace)
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
+                     "--max-stopped", "off")
+    header = wait_for_header(trace, run)
+    opened = time.monotonic_ns()
+    widgets = default_widgets()
+    drive(rust_cluster.api_client, rust_namespace, widgets)
+    closed = time.monotonic_ns()
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    end = records[-1]
+    assert end["type"] == "end" and end["reason"] == "SIGINT"
+    truth = [r for r in op.records() if opened <= r["start_ns"] and r["end_ns"] <= closed]
+    spans = [r for r in records if r["type"] == "span"]
+    return op, widgets, truth, spans, header, end, opened, closed
+
+
+def match(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
+    """Each true reconcile to the span whose future holds it and whose time holds its time.
+    Recorded lies inside the future at one fixed offset (the future's layout is the same for
+    every reconcile); tasks are separate allocations, so the nearest future below Recorded is
+    its own: every match must then show the same offset, and no span may hold two."""
+    matched: dict[int, dict] = {}
+    offsets = set()
+    for call in truth:
+        at = int(call["at"], 16)
+        found = [s for s in spans if s["end_ns"] is not None
+                 and 0 <= at - int(s["future"], 16) < NEAR
+                 and s["start_ns"] <= call["start_ns"] and call["end_ns"] <= s["end_ns"]]
+        assert found, f"{call} is in no span"
+        span = min(found, key=lambda s: at - int(s["future"], 16))
+        offsets.add(at - int(span["future"], 16))
+        matched[call["seq"]] = span
+    assert len(offsets) <= 1, f"Recorded at different offsets in the futures: {offsets}"
+    assert len({s["id"] for s in matched.values()}) == len(truth), "a span holds two reconciles"
+    return matched
+
+
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_every_reconcile_once(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd,
+                              tmp_path):
+    op, widgets, truth, spans, header, end, opened, closed = traced_workload(
+        build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path)
+    assert header["probe"] == "kube-rs", header
+    assert header["functions"] == [RECONCILE], "error_policy or another closure is traced"
+    assert header["binary"]["dwarf"] == BUILDS[build].dwarf
+    by_name = {w.name: w for w in widgets}
+    assert len(truth) >= 2 * len(widgets), "the workload made too few reconciles"
+    assert {r["status"] for r in truth} >= {"ok", "error"}
+    matched = match(truth, spans)
+    # Every span that began and ended inside the window is a reconcile of the ground truth.
+    inside = [s for s in spans if opened <= s["start_ns"] and s["end_ns"] is not None
+              and s["end_ns"] <= closed]
+    assert {s["id"] for s in inside} <= {s["id"] for s in matched.values()}, \
+        "a span that is no reconcile"
+    assert {s["function"] for s in spans} == {RECONCILE}
+    reads_result = any("Ok/Err read from DWARF" in n for n in header["notes"])
+    assert reads_result == BUILDS[build].dwarf, header["notes"]
+    moved = 0
+    for call in truth:
+        span = matched[call["seq"]]
+        assert span["polls"] == call["polls"], (call, span)
+        assert span["threads"] == call["threads"], (call, span)
+        moved += len(set(call["threads"])) > 1
+        assert abs(span["cpu_ns"] + span["await_ns"] - span["duration_ns"]) <= 5_000
+        want = expected(by_name[call["name"]], call["namespace"])
+        assert call["status"] == want["status"] and call["error_variant"] == want["error_variant"]
+        if reads_result:
+            assert span["request"] == {"namespace": call["namespace"], "name": call["name"]}
+            if call["status"] == "ok":
+                assert span["status"] == "ok"
+                assert span["result"] == {"ok": True, "requeue_after_ns": call["requeue_ns"]}
+                assert span["error"] is None
+            else:
+                assert span["status"] == "error" and span["result"] is None
+                assert span["error"]["type"] == \
+                    f"kube_rs_operator::Error::{call['error_variant']}"
+                # What Display prints is code of thiserror's: not given (never a guess).
+                assert span["error"]["message"] is None
+        else:
+            assert span["status"] == "ok", span
+            assert span["result"] is None and span["error"] is None
+            assert span["request"] is None
+    assert moved, "no reconcile moved between threads: the test proves nothing about it"
+    assert end["pairing"]["orphan_exits"] == 0
+    assert end["code_restored"] is True
+    assert_untouched(op)
+
+
+def assert_untouched(op) -> None:
+    assert op.proc.poll() is None, "the operator died"
+    wait_until(lambda: tracer_pid(op.pid) == 0, 15, "TracerPid to be 0")
+    info = analyze(str(op.binary))
+    plan = compile_plan(info)
+    bias = load_bias(op.pid, str(op.binary), info.pie)
+    assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), bias) == []
