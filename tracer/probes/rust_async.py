@@ -96,7 +96,7 @@ def matching_parts(info: BinaryInfo, spec: FunctionSpec) -> tuple[list[str], lis
                  for fn, _inner, drop in _inlined_polls(info, named, spec)]
     if not polls and spec.poll is None:
         polls = [(fn, demangled(fn.name), drop)
-                 for fn, _inner, drop in _wrapper_polls(named, spec)]
+                 for fn, _inner, drop in _wrapper_polls(info, named, spec)]
     names = [name for _fn, name, _drop in polls]
     drops = [drop[1] for _fn, _name, drop in polls if drop is not None]
     return list(dict.fromkeys(names)), list(dict.fromkeys(drops))
@@ -145,7 +145,7 @@ def _inlined_polls(info: BinaryInfo, named: list[tuple[Function, str]],
     return out
 
 
-def _wrapper_polls(named: list[tuple[Function, str]],
+def _wrapper_polls(info: BinaryInfo, named: list[tuple[Function, str]],
                    spec: FunctionSpec) -> list[tuple[Function, str, tuple[Function, str]]]:
     """Async bodies inlined into a wrapper future's poll, found by name: a function
     `<W as core::future::future::Future>::poll` whose type W holds the body (a type path of
@@ -172,8 +172,65 @@ def _wrapper_polls(named: list[tuple[Function, str]],
         inner = _held(wrapper, rx)
         if inner is not None and not (spec.exclude and spec.exclude.search(inner)):
             found[wrapper] = (fn, inner, drops[wrapper])
-    return [found[w] for w in found
-            if not any(w != other and w in other for other in found)]
+    outer = [found[w] for w in found if not any(w != other and w in other for other in found)]
+    return outer or _legacy_wrapper_polls(info, named, spec, drops)
+
+
+def _legacy_wrapper_polls(info: BinaryInfo, named: list[tuple[Function, str]],
+                          spec: FunctionSpec, drops: dict[str, tuple[Function, str]]
+                          ) -> list[tuple[Function, str, tuple[Function, str]]]:
+    """The same with legacy names, which do not say which instance of a generic method a
+    function is (`<tracing::instrument::Instrumented<T> as ..Future>::poll`, one per T, told
+    apart by a hash only), while drop glues do name their type. W's poll is the instance
+    called by the poll that runs W (a task's poll: tokio's raw poll) — the function that also
+    calls the drop glue of a type holding W (tokio's Stage<W>, Cell<W, S>, its poll guard).
+    Only an instance so confirmed is taken, never one by its name alone."""
+    rx = spec.poll or spec.match
+    out = []
+    for wrapper, drop in drops.items():
+        inner = _held(wrapper, rx)
+        if inner is None or inner == wrapper or not wrapper.endswith(">"):
+            continue
+        base = wrapper[:wrapper.index("<")]
+        generic = re.compile(rf"^<{re.escape(base)}<[^<>]*>{re.escape(FUTURE_POLL)}$")
+        candidates = {fn.entry for fn, name in named if generic.match(name)}
+        holders = {fn.entry for held, (fn, _name) in drops.items()
+                   if held != wrapper and wrapper in held}
+        # Legacy names print an impl's method as `crate::module::<impl Trait for Type>::m`.
+        impl = re.compile(rf"^<{re.escape(base)}<[^<>]*>{re.escape(DROP_IMPL)}$|"
+                          rf"<impl core::ops::drop::Drop for {re.escape(base)}<[^<>]*>>::drop$")
+        if not candidates or not holders:
+            continue
+        confirmed = set()
+        for fn, name in named:
+            if name.endswith("::poll") and fn.entry not in candidates:
+                calls = _direct_calls(info, fn)
+                if calls & holders:
+                    confirmed |= calls & candidates
+        if len(confirmed) == 1:
+            poll = info.function_at(confirmed.pop())
+            # W's Drop impl, when its glue calls one (it ends the future wherever the glue
+            # was inlined), else the glue.
+            ends = [(f, n) for f, n in named if f.entry in _direct_calls(info, drop[0])
+                    and impl.search(n)]
+            out.append((poll, inner, ends[0] if len(ends) == 1 else drop))
+    return out
+
+
+MAX_CALL_SCAN = 1 << 16
+
+
+def _direct_calls(info: BinaryInfo, fn: Function) -> set[int]:
+    """The targets of the function's direct calls and jumps (its first 64 KB)."""
+    code = read_function_code(info, fn)[:MAX_CALL_SCAN]
+    targets = set()
+    for _addr, _size, mnem, ops in iter_instructions(code, fn.entry):
+        if mnem in ("call", "jmp"):
+            try:
+                targets.add(int(ops, 16))
+            except ValueError:
+                pass  # indirect
+    return targets
 
 
 def _held(wrapper: str, rx: re.Pattern[str]) -> str | None:
@@ -232,7 +289,7 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
     if not polls and spec.poll is None:
         polls = _inlined_polls(info, named, spec)
     if not polls and spec.poll is None:
-        polls = _wrapper_polls(named, spec)
+        polls = _wrapper_polls(info, named, spec)
     if not polls:
         drops = [name for _fn, name in named
                  if is_drop(name) and (spec.poll or spec.match).search(name)]
@@ -269,7 +326,9 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
             plan.rust_results[name] = layout.result
         if layout.request is not None:
             plan.rust_requests[name] = layout.request
-        plan.notes.append(f"{name}: async, {layout.describe()}"
+        through = demangled(fn.name)
+        via = "" if through == poll_name else f"polled through {through} (its body inlined), "
+        plan.notes.append(f"{name}: async, {via}{layout.describe(info.has_dwarf)}"
                           + ("" if drop else "; no drop marker"))
         names.append(name)
     return list(dict.fromkeys(names))
@@ -291,12 +350,18 @@ class FutureLayout:
         self.result_mode = "r"
         self.request: dict | None = None  # how to read namespace/name at a first poll
 
-    def describe(self) -> str:
+    def describe(self, dwarf: bool = True) -> str:
         where = ("state unknown: ended by its drop" if self.state_offset is None else
                  f"state at +{self.state_offset:#x} ({self.state_source})")
         said = "; result not readable"
+        if not dwarf:
+            said = ("; no DWARF: Ok/Err, the requeue, the error and the object are not read"
+                    + ("" if self.state_offset is not None else
+                       " (status ok: it ended, Ready or dropped between polls, not told apart)"))
         if self.result:
             said = "; Ok/Err read from DWARF; " + (
+                "the requeue too (kube-runtime's Action); " if self.result.get("requeue")
+                else "") + (
                 "error message: the String returned" if self.result.get("messages") else
                 "no error message (what the error's Display prints is not in the binary)")
         return (where + said
