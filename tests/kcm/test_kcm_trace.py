@@ -188,3 +188,10 @@ def test_probes_check_chooses_it_on_the_stripped_build():
     block = block[: next((i for i, line in enumerate(block) if not line.startswith("    ")),
                          len(block))]
     assert sorted(line.split()[-1] for line in block) == sorted(expected)
+    # What each function's decoders give.
+    out = result.stdout
+    for function, fields in ((SYNC["deployment"], "entry: key (go-key); return: error (go-error)"),
+                             (SYNC["job"], "entry: key (go-key); return: error (go-second-error)"),
+                             (SYNC["pvc-protection"], "entry: namespace, name (go-namespace-name); "
+                                                      "return: error (go-error)")):
+        assert f"    {function}\n      {fields}\n" in out, (function, fields)
