@@ -45,6 +45,13 @@ CONSTANT_ERRORS: dict[tuple[str, str], str] = {
 }
 
 
+def unvendored(path: str) -> str:
+    """A package's import path without a GOPATH build's vendor prefix: Kubernetes' own
+    binaries (kube-controller-manager) name apimachinery
+    `k8s.io/kubernetes/vendor/k8s.io/apimachinery/...`."""
+    return path.rpartition("/vendor/")[2]
+
+
 class ErrorLayout:
     """How to read one error type's value: fixed per type for the life of the process."""
 
@@ -122,7 +129,8 @@ class GoMemory:
             return layout
         if not target:
             return layout
-        key = (gotypes.pkg_path(read, base, target) or "", name.lstrip("*").rpartition(".")[2])
+        key = (unvendored(gotypes.pkg_path(read, base, target) or ""),
+               name.lstrip("*").rpartition(".")[2])
         layout.constant = CONSTANT_ERRORS.get(key)
         known = KNOWN_ERRORS.get(key)
         if known is not None and gotypes.type_kind(read, target) == gotypes.KIND_STRUCT:

@@ -66,7 +66,8 @@ class KubeOptions:
 
     def names_a_cluster(self) -> bool:
         """A PID's events are recorded when the user names a cluster or what to watch."""
-        return bool(self.namespace or self.context or self.kubeconfig or self.watch)
+        watch = self.watch and tuple(self.watch) != ("none",)
+        return bool(self.namespace or self.context or self.kubeconfig or watch)
 
 
 class Percent(click.ParamType):

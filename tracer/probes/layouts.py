@@ -17,7 +17,7 @@ import dataclasses
 from tracer.binary import gotypes
 from tracer.binary.elfimage import ElfImage
 from tracer.binary.gomethods import Signature, method_signatures
-from tracer.binary.govalues import KNOWN_ERRORS, GoMemory
+from tracer.binary.govalues import KNOWN_ERRORS, GoMemory, unvendored
 from tracer.binary.model import BinaryError, BinaryInfo, Function
 from tracer.probes import decoders
 from tracer.probes.spec import FunctionSpec
@@ -210,8 +210,13 @@ def error_slots(info: BinaryInfo) -> decoders.ErrorSlots:
         return tuple(sorted(slots.items()))
     try:
         memory = GoMemory(img.read, info.go_types_base, None)
+        error_methods = {}
+        for fn in info.functions:  # by name, a GOPATH build's vendor/ prefix left out
+            if fn.name.endswith(").Error") and "(*" in fn.name:
+                package, _, rest = fn.name.rpartition(".(*")
+                error_methods.setdefault((unvendored(package), rest[:-len(").Error")]), fn)
         for package, name in KNOWN_ERRORS:
-            fn = info.function_named(f"{package}.(*{name}).Error")
+            fn = error_methods.get((package, name))
             if fn is None:
                 continue
             for sig in method_signatures(img, info, fn):
