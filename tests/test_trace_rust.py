@@ -270,3 +270,46 @@ def test_detach_mid_run(operator, tracer_cmd, tmp_path):
     traced = [c for c in op.calls() if any(holds(c, s) for s in finished)]
     assert len(match_futures(traced, finished)) == len(finished), \
         "a span that is no reconcile of the ground truth"
+
+
+SMALL_RESULT = """
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+async fn tick() {}
+pub async fn reconcile(n: u32) -> Result<u32, ()> {
+    tick().await;
+    if n > 3 { Err(()) } else { Ok(n) }
+}
+fn main() {
+    // Boxed as dyn Future, as an executor keeps it: its poll is a function (in the vtable).
+    let mut fut: std::pin::Pin<Box<dyn Future<Output = Result<u32, ()>>>> =
+        std::hint::black_box(Box::pin(reconcile(std::env::args().count() as u32)));
+    let mut cx = Context::from_waker(Waker::noop());
+    while fut.as_mut().poll(&mut cx).is_pending() {}
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [["-C", "opt-level=0", "-g"], ["-C", "opt-level=1"]],
+                         ids=["debug", "release"])
+def test_future_in_rdi_when_the_poll_returns_in_registers(flags, tmp_path):
+    """A reconcile whose Poll<Result<..>> fits in two registers: `self` is then the first
+    argument (RDI), not RSI; DWARF says so, and without it the poll's code does not show a
+    return through memory, so the plan says RSI is assumed."""
+    rustc = Path.home() / ".cargo" / "bin" / "rustc"
+    if not rustc.exists():
+        pytest.skip("no rustup rustc")
+    src = tmp_path / "small.rs"
+    src.write_text(SMALL_RESULT)
+    binary = tmp_path / "small"
+    subprocess.run([rustc, "--edition", "2021", "--crate-name", "small", *flags,
+                    "-C", "symbol-mangling-version=v0", "-o", binary, src],
+                   check=True, capture_output=True)
+    info = analyze(str(binary))
+    plan = compile_plan(info, probe="kube-rs")
+    polls = {p.decode for p in plan.points if p.role == "poll"}
+    if "-g" in flags:
+        assert polls == {"rust-poll-rdi:" + next(iter(polls)).split(":", 1)[1]}
+    else:
+        assert all(d.startswith("rust-poll:") for d in polls)
+        assert any("not seen to go through memory" in n for n in plan.notes), plan.notes

@@ -310,7 +310,13 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
         state = "-:-" if layout.state_offset is None else \
             f"{layout.state_offset}:{layout.state_size}"
         exit_decoder = f"rust-poll-exit:{state}:{layout.result_bytes}:{layout.result_mode}"
-        plan.points.append(_point(native_entry(info, fn), name, POLL, f"rust-poll:{state}", span))
+        # `self` is RSI when the Poll is returned through memory (RDI its slot), else RDI.
+        entry_decoder = f"rust-poll:{state}" if layout.self_in_rsi else f"rust-poll-rdi:{state}"
+        if layout.self_source == "assumed":
+            plan.notes.append(f"{name}: its poll's return was not seen to go through memory: "
+                              "the future is taken from RSI (as for any Result of more than "
+                              "16 bytes)")
+        plan.points.append(_point(native_entry(info, fn), name, POLL, entry_decoder, span))
         rets = return_addresses(info, fn)
         if not rets:
             plan.notes.append(f"no RET found in {poll_name}: its polls cannot be timed")
@@ -349,6 +355,8 @@ class FutureLayout:
         self.result_bytes = 0
         self.result_mode = "r"
         self.request: dict | None = None  # how to read namespace/name at a first poll
+        self.self_in_rsi = True  # poll(self, cx) -> Poll<..> through memory: RDI is the slot
+        self.self_source = "assumed"
 
     def describe(self, dwarf: bool = True) -> str:
         where = ("state unknown: ended by its drop" if self.state_offset is None else
@@ -377,6 +385,9 @@ class FutureLayout:
             found = poll_layout(info.path, fn.entry)
             if found is not None:
                 state, result, return_size = found
+                if return_size:
+                    layout.self_in_rsi = return_size > MAX_REGISTER_RETURN
+                    layout.self_source = "DWARF"
                 if state is not None:
                     layout.state_offset, layout.state_size = state
                     layout.state_source = "DWARF"
@@ -384,11 +395,48 @@ class FutureLayout:
                     layout.result = result
                     layout.result_bytes = min(result["read"], MAX_RESULT_BYTES)
                     layout.result_mode = "m" if return_size > MAX_REGISTER_RETURN else "r"
+        if layout.self_source == "assumed" and returns_through_memory(info, fn):
+            layout.self_source = "the poll's code"
         if layout.state_offset is None:
             offset = state_dispatch_offset(info, fn)
             if offset is not None:
                 layout.state_offset, layout.state_source = offset, "the poll's dispatch"
         return layout
+
+
+_MOV_ANY = re.compile(r"^(\w+|qword ptr \[[^\]]+\]), (\w+|qword ptr \[[^\]]+\])$")
+
+
+def returns_through_memory(info: BinaryInfo, fn: Function) -> bool:
+    """Whether the function returns its value through memory: the caller's slot comes in
+    RDI and goes back in RAX, so rustc keeps RDI (in a register or a stack slot, through
+    moves) and moves it to RAX before every RET. A linear sweep follows the moves (a write of
+    anything else to a place drops it); every RET must have RAX = the slot just before."""
+    insns = list(iter_instructions(read_function_code(info, fn)[:MAX_CALL_SCAN], fn.entry))
+    holding = {"rdi"}
+    rets = 0
+    rax_is_slot = False
+    for _addr, _size, mnem, ops in insns:
+        if mnem in ("ret", "repz ret", "rep ret"):
+            if not rax_is_slot:
+                return False
+            rets += 1
+            continue
+        move = _MOV_ANY.match(ops) if mnem == "mov" else None
+        if move:
+            dst, src = move.groups()
+            if src in holding:
+                holding.add(dst)
+            else:
+                holding.discard(dst)
+            if dst == "rax":
+                rax_is_slot = src in holding
+        elif mnem not in ("cmp", "test", "push", "jmp", "nop") and not mnem.startswith("j"):
+            written = ops.split(",")[0].strip()
+            holding.discard(written)
+            if mnem == "call" or written in ("rax", "eax", "al", "ax"):
+                rax_is_slot = False
+    return rets > 0
 
 
 _MOVZX_BYTE = re.compile(r"^e?\w+, byte ptr \[(\w+) \+ (0x[0-9a-f]+|\d+)\]$")

@@ -278,7 +278,9 @@ class Agent:
         role = point["role"]
         self.current_function = point["function"]
         if role == "poll":
-            address = int(reg("rsi"))
+            # rust-poll-rdi: the Poll comes back in registers, so `self` is the first argument.
+            rdi = (point.get("decode") or "").startswith("rust-poll-rdi")
+            address = int(reg("rdi" if rdi else "rsi"))
             stack.append(address)
             del stack[:-16]  # polls that unwound (a panic) never reach their RET
         elif role == "poll-exit":
