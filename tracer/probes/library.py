@@ -100,9 +100,22 @@ def function_names(info: BinaryInfo) -> list[tuple[Function, tuple[str, ...]]]:
     return cached
 
 
+_MATCHED: dict[tuple[int, int], tuple[BinaryInfo, FunctionSpec, list[Function]]] = {}
+
+
 def call_matches(info: BinaryInfo, spec: FunctionSpec) -> list[Function]:
-    """The functions a call-kind table names."""
-    return [fn for fn, names in function_names(info) if any(spec.matches(n) for n in names)]
+    """The functions a call-kind table names. Kept per (binary, table): choosing a probe,
+    listing the others that match and compiling the chosen one ask the same question, and a
+    large binary's 100,000+ names take seconds per regex."""
+    key = (id(info), id(spec))
+    found = _MATCHED.get(key)
+    if found is None or found[0] is not info or found[1] is not spec:
+        if len(_MATCHED) > 256:
+            _MATCHED.clear()
+        matched = [fn for fn, names in function_names(info)
+                   if any(spec.matches(n) for n in names)]
+        found = _MATCHED[key] = (info, spec, matched)
+    return list(found[2])
 
 
 def match(probe: ProbeSpec, info: BinaryInfo) -> Match:
