@@ -87,8 +87,8 @@ def _missing(probe: ProbeSpec, info: BinaryInfo) -> list[str]:
         missing.append("missing: symbols: the binary is stripped and not Go, its functions "
                        "have no names")
     elif any(f.kind == KIND_RUST_ASYNC for f in probe.functions) and not info.has_dwarf:
-        missing.append("note: no DWARF: the future's state comes from the poll's code; its "
-                       "reconciled object and result are not decoded")
+        missing.append("note: no DWARF: the reconciled object and the result are not "
+                       "decoded (the notes below say what else this build cannot give)")
     return missing
 
 
