@@ -13,6 +13,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def research_datasets() -> Path:
+    """The research datasets (shared/datasets, read-only, not in the repository):
+    $TRACER_DATASETS, else shared/ beside the repository (as CI places it), else beside the
+    repository this clone was made from (a clone in /tmp of a checkout that has it)."""
+    if os.environ.get("TRACER_DATASETS"):
+        return Path(os.environ["TRACER_DATASETS"])
+    beside = ROOT.parent / "shared" / "datasets"
+    if beside.is_dir():
+        return beside
+    try:
+        origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "datasets"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
 SAMPLES = ROOT / "build" / "samples"
 TRACER = [sys.executable, "-m", "tracer"]
 

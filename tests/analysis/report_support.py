@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import research_datasets
 
 from tracer.front.report_cmd import report
 
 ROOT = Path(__file__).resolve().parents[2]
-# CI runs a fresh clone elsewhere with a read-only copy of shared/ beside it.
-DATASETS = ROOT.parent / "shared" / "datasets"
+# shared/datasets beside the repository, or beside the one this clone came from.
+DATASETS = research_datasets()
 PERCONA = "percona-mongodb-reconcile-times.csv"
 WASM_RECONCILES = "wasm-operator-reconcile-times-5s.txt"
 WASM_CHANGES = "wasm-operator-change-times-5s.txt"
@@ -30,7 +31,7 @@ def dataset(name: str) -> Path:
     path = DATASETS / name
     if not path.exists():
         pytest.fail(f"{path} is missing: the research datasets belong in shared/datasets "
-                    f"beside the repository ({ROOT})")
+                    f"beside the repository ({ROOT}), or set TRACER_DATASETS")
     return path
 
 

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 from export_support import read_trace_lines
+from helpers import research_datasets
 
 from tracer.front.plot_cmd import plot
 from tracer.plots.data import load
 from tracer.plots.figure import build_figure, drawn
 
 ROOT = Path(__file__).resolve().parents[2]
-# CI runs a fresh clone elsewhere with a copy of shared/ beside it.
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+# shared/datasets beside the repository, or beside the one this clone came from.
+DATASETS = research_datasets()
 PERCONA = DATASETS / "percona-mongodb-reconcile-times.csv"
 WASM = DATASETS / "wasm-operator-reconcile-times-5s.txt"
 SVG = "{http://www.w3.org/2000/svg}"
