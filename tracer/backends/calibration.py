@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import struct
 import tempfile
 
 PROLOGUE = bytes.fromhex(
@@ -40,6 +41,7 @@ OUTER_END = bytes.fromhex(
 ) + RET
 COPY = 0x100  # the unprobed copy's offset in the page
 BUFFER = b"calibration-name" * 64  # what the registers point to
+HEADERS = len(BUFFER) // 2  # its first half: Go string headers (pointer, 16) into itself
 
 
 def entry_instruction(code: bytes) -> tuple[bytes, bytes]:
@@ -107,6 +109,12 @@ class MappedPage:
                 break
             os.unlink(path)
         self.buffer = ctypes.create_string_buffer(BUFFER)
+        # A string read through a pointer (an object's name at its metadata's offset) must
+        # read real memory too: text read as a pointer would fault, a cost the operator's
+        # own hits never pay.
+        base = ctypes.addressof(self.buffer)
+        headers = struct.pack("<QQ", base + HEADERS, 16) * (HEADERS // 16)
+        ctypes.memmove(base, headers, len(headers))
 
     def forget_path(self) -> None:
         """Unlink the file: the mapping (and any uprobe already set on it) keeps it alive
