@@ -31,11 +31,16 @@ class TraceWriter:
         self.on_error = on_error
         self.error: OSError | None = None
         try:
-            # A new 0600 file renamed over the path: never through a link, never another
-            # file truncated in place (tracer.output.create_private).
-            from tracer.output import create_private
+            if path.startswith("/dev/fd/"):
+                # A stream the caller opened (`tracer agent` writes to its stdout): written
+                # as it is, nothing created or renamed.
+                fd = os.open(path, os.O_WRONLY)
+            else:
+                # A new 0600 file renamed over the path: never through a link, never another
+                # file truncated in place (tracer.output.create_private).
+                from tracer.output import create_private
 
-            fd = create_private(path)
+                fd = create_private(path)
         except OSError as exc:
             raise UserError(f"cannot write the trace file {path}: {exc.strerror}") from None
         self._file = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
