@@ -205,19 +205,20 @@ def attribute(spans: pl.DataFrame, events: pl.DataFrame,
                         pl.col("c_end").alias(f"e{suffix}")))
 
     # The first call starting within the slack before the event, if it was still running
-    # when the event was stamped and no earlier event of the object came within that slack
-    # (the tracer may hear a change a little after the operator; a second change heard
-    # while the call runs is the next call's, as the queue marks the object dirty); else
-    # the first call starting after it.
+    # when the event was stamped (or had ended but no call follows the event soon: the
+    # tracer heard the change late, after a short call), and no earlier event of the object
+    # came within that slack (a second change heard while the call runs is the next call's,
+    # as the queue marks the object dirty); else the first call starting after it.
     early = first_call(pl.col("ts") - settings.event_slack_ns, "1")
-    late = first_call(pl.col("ts"), "2").select("pair", "c2")
+    late = first_call(pl.col("ts"), "2").select("pair", "c2", "s2")
     ts = pl.col("ts")
     expanded = expanded.sort("obj", "ts", "event").with_columns(
         pl.col("ts").shift(1).over("obj").alias("previous_ts"))
     explained = pl.col("previous_ts").is_not_null() & (
         pl.col("previous_ts") >= pl.col("s1") - settings.event_slack_ns)
+    follows = pl.col("s2").is_not_null() & (pl.col("s2") - ts <= settings.tolerance_ns)
     reaches = (pl.col("s1") >= ts) | (
-        (pl.col("e1").is_null() | (pl.col("e1") >= ts)) & ~explained)
+        (pl.col("e1").is_null() | (pl.col("e1") >= ts) | ~follows) & ~explained)
     used_events = (expanded.join(early, on="pair").join(late, on="pair")
                    .with_columns(pl.when(reaches).then("c1").otherwise("c2").alias("m"))
                    .filter(pl.col("m").is_not_null())
@@ -400,12 +401,15 @@ def _assign_events(events: list[tuple[int, int]], rows: list[int], start: list, 
     previous_ts = None
     for ts, event_row in events:
         i = bisect.bisect_left(starts, ts - settings.event_slack_ns)
-        if i < len(rows) and starts[i] < ts and (
-                (end[rows[i]] is not None and end[rows[i]] < ts)
-                or (previous_ts is not None
-                    and previous_ts >= starts[i] - settings.event_slack_ns)):
-            # It had ended, or an earlier event already explains it: the next call's.
-            i = bisect.bisect_left(starts, ts, lo=i)
+        if i < len(rows) and starts[i] < ts:
+            after = bisect.bisect_left(starts, ts, lo=i)
+            ended = end[rows[i]] is not None and end[rows[i]] < ts and after < len(rows) \
+                and starts[after] - ts <= settings.tolerance_ns
+            if ended or (previous_ts is not None
+                         and previous_ts >= starts[i] - settings.event_slack_ns):
+                # It had ended and a call follows soon, or an earlier event already
+                # explains it: the next call's.
+                i = after
         if i < len(rows):
             assigned.setdefault(rows[i], (ts, event_row))
         previous_ts = ts
