@@ -1,8 +1,8 @@
 """Go values in a live process's memory: strings, interface values, errors.
 
 Everything goes through a ``read(addr, n) -> bytes`` callable (ptrace, /proc/PID/mem,
-Delve's ExamineMemory), so the gdb agent, the Delve client and the uprobe reader decode
-alike. Standard library only: the gdb agent imports this module inside gdb's own Python.
+Delve's ExamineMemory), so gdb's hit handler, the Delve client and the uprobe reader decode
+alike. Standard library only: gdb's hit handler imports this module inside gdb's own Python.
 
 An error's message is given only where the type's `Error()` is known to return one field
 of it, unchanged (`KNOWN_ERRORS`); any other error is its type and, for a struct, its

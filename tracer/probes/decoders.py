@@ -1,5 +1,5 @@
 """The contract between probes and backends: which decoders exist, which registers each one
-reads, and the shape of the value it captures. Written once here; the gdb agent, the Delve
+reads, and the shape of the value it captures. Written once here; gdb's hit handler, the Delve
 client and the uprobe reader all derive from it (`decode`, `fetchargs`, `from_fetched`), and
 the pairer names the values by it (`named`).
 
@@ -16,7 +16,7 @@ Control lines are JSON objects: {"marker": n}, {"agent_error": "...", "point": i
 Registers are those of Go's register ABI (amd64: integer arguments and results in RAX, RBX,
 RCX, RDI, RSI, R8, R9, R10, R11, in order, a struct's fields flattened) after the prologue or
 at a RET, and System V's for native code. A Go error is an interface: (itab, data); a panic's
-value an empty interface: (type, data). Standard library only: the gdb agent imports this
+value an empty interface: (type, data). Standard library only: gdb's hit handler imports this
 module inside gdb's own Python.
 """
 
@@ -202,7 +202,7 @@ def named(name: str | None, value) -> dict:
 
 
 # -- kernel uprobes: the same fields as fetch-args -------------------------------------------
-STRING_BYTES = 256  # a string's bytes as one u64[32] (the gdb agent reads up to 1,024)
+STRING_BYTES = 256  # a string's bytes as one u64[32] (gdb's hit handler reads up to 1,024)
 # Where uprobes read an error's fields, as (offset in the pointed-to value, kind): where the
 # known error types of this binary hold their message and extra fields (errors.errorString.s
 # and fmt.wrapError.msg at 0; StatusError's ErrStatus.Message, .Reason, .Code wherever this

@@ -21,7 +21,7 @@ KEY_THREAD = "thread"
 # async pairer; the synchronous pairer hands such hits over).
 KEY_FUTURE = "future"
 # Rust async roles (key "future"): a poll of the future starts, a poll returns, the future is
-# dropped. Their decoders are "rust-poll..." (see tracer.probes.rust_async, the gdb agent).
+# dropped. Their decoders are "rust-poll..." (tracer.probes.rust_async; gdb's hit handler).
 POLL = "poll"
 POLL_EXIT = "poll-exit"
 DROP = "drop"
@@ -39,7 +39,7 @@ class Point:
     function: str
     role: str
     key: str
-    decode: str | None  # decoder name understood by the backends (see the gdb agent)
+    decode: str | None  # a decoder of tracer.probes.decoders (or rust_async's "rust-poll...")
     span: str = SPAN_RECONCILE
 
 

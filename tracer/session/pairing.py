@@ -302,7 +302,7 @@ def decode_span(span: dict, language: str, entry: object, exit_value: object,
                 panic: object, entry_decode: str | None = None,
                 exit_decode: str | None = None) -> None:
     """Turn the agent's compact captures into the trace file's named fields; the decoders
-    (see the gdb agent) say what each capture holds."""
+    (tracer.probes.decoders) say what each capture holds."""
     if language == "go":
         entry_fields = decoders.named(entry_decode, entry)
         exit_fields = decoders.named(exit_decode, exit_value)

@@ -4,7 +4,7 @@ in a process of its own.
 `python -m tracer.backends.dlv.client --hits-fd N` reads commands from stdin and answers on
 stdout, one JSON object per line each way ({"id": k, "op": ...} -> {"id": k, "ok": ...};
 events carry "event" instead of "id"). Hits go to the pipe `--hits-fd` in the format of the
-gdb agent: [ts_ns, point, lwp, goid, sp, value, handler_ns].
+gdb's hit handler: [ts_ns, point, lwp, goid, sp, value, handler_ns].
 
 Why a process of its own: Delve (started without --accept-multiclient) halts and detaches
 when its client's connection ends, and that halt is `kill(pid, SIGTRAP)`: if it races a
@@ -203,7 +203,7 @@ class Agent:
                             "from DWARF at each hit); panic values from registers")
         else:
             notes.insert(0, "dlv values: from registers and memory (ListRegisters, "
-                            "ExamineMemory), as the gdb agent reads them"
+                            "ExamineMemory), as gdb's hit handler reads them"
                             f"{': ' + why if why else ''}")
         return {"armed": len(self.points), "breakpoints": len(self.by_bp), "mode": self.mode,
                 "notes": notes, "delve_addresses": delve_addrs}
@@ -230,7 +230,7 @@ class Agent:
         if optimized:
             # Delve 1.20.2 could not read an optimized function's results ("empty OP stack");
             # 1.27.2 read the sample's (values=name), but registers stay the way
-            # for optimized builds, as the gdb agent reads them.
+            # for optimized builds, as gdb's hit handler reads them.
             return "registers", (f"{optimized[0]} is optimized (built without "
                                  "-gcflags=all=-N -l)")
         return "name", ""

@@ -22,7 +22,7 @@ from tracer.errors import UserError
 from tracer.probes.plan import ENTRY, Plan
 from tracer.targets.process import file_bytes
 
-AGENT = Path(__file__).with_name("agent.py")
+HIT_HANDLER = Path(__file__).with_name("hit_handler.py")
 
 # Settings applied before anything is attached. Signals pass through silently so the operator
 # sees exactly what it would see untraced (Go's SIGURG preemption among them).
@@ -145,7 +145,7 @@ class GdbBackend(Backend):
             # attach either (its symbols, DWARF included, were 100 to 130 ms of the pause on
             # a 100 MB Go binary even when read ahead; 10 ms to stop every thread without).
             self.mi.send("-file-exec-file " + mi_quote(binary), timeout=60)
-        self.mi.console("source " + str(AGENT))
+        self.mi.console("source " + str(HIT_HANDLER))
 
     def prepare(self, plan: Plan) -> None:
         """Before the attach: the cost of one hit, measured on a process of the tracer's."""
@@ -218,7 +218,7 @@ class GdbBackend(Backend):
         result = self.mi.console(f"python tracer_arm({json.dumps(self._plan_file)})")
         armed = [line for line in result.console if line.startswith("tracer-armed")]
         if not armed:
-            raise UserError("the gdb agent did not arm: " + " ".join(result.console).strip())
+            raise UserError("gdb's hit handler did not arm: " + " ".join(result.console).strip())
         # After an exec the plan's addresses mean nothing, yet gdb would put its breakpoints
         # back at them in the new program: stop there instead, and leave.
         self.mi.console("catch exec")

@@ -1,4 +1,4 @@
-"""The in-process agent: runs inside gdb's own Python, does all the work of a breakpoint hit.
+"""gdb's hit handler: runs inside gdb's own Python, does all the work of a breakpoint hit.
 
 It is loaded with `source` into gdb and must use only the standard library and the `gdb`
 module (gdb's Python is the system one, not the tracer's virtualenv). Every hit is handled in
