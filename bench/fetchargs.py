@@ -70,7 +70,9 @@ def run(variant, tmp):
     instance = f"{TRACEFS}/instances/{group}"
     try:
         if variant != "untraced":
-            exe = os.path.realpath(f"/proc/{op.pid}/exe")
+            # The kernel splits a definition on whitespace: /proc/PID/exe names the same file
+            # (it is resolved to its inode) wherever the clone lives.
+            exe = f"/proc/{op.pid}/exe"
             for i, point in enumerate(plan.points):
                 tracefs.write(f"{TRACEFS}/uprobe_events",
                               f"p:{group}/p{i} {exe}:0x{info.file_offset(point.addr):x} "
