@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -127,6 +129,7 @@ class UprobeBackend(Backend):
         self.events_read = 0  # every probe hit taken from the kernel's buffers
         self.lost: dict[str, int] | None = None
         self._hits_counted: int | None = None  # the kernel's count when recording stopped
+        self._link: str | None = None  # the program's path without spaces, if it needed one
         self.cost: tuple[int | None, str] = (None, "not measured")
         self._release: Callable[[], None] | None = None  # tracer run: lets the program exec
         self.releases_at_arm = False
@@ -199,7 +202,8 @@ class UprobeBackend(Backend):
             offset = info.file_offset(where.addr)
             event = f"p{index}"
             fetch = _fetchargs(point, plan.go_goid_offset, where.branch, self._slots)
-            definitions.append(f"p:{self.group}/{event} {exe}:0x{offset:x} {fetch}")
+            definitions.append(f"p:{self.group}/{event} {self._probe_path(exe)}:0x{offset:x} "
+                               f"{fetch}")
             self.events.append(event)
         self.points = plan.points
         self._remove()  # a run on this PID killed before it cleaned up
@@ -230,6 +234,18 @@ class UprobeBackend(Backend):
         if self._release:
             self._await_exec(exe)  # from its first instruction, every call is recorded
         return len(definitions)
+
+    def _probe_path(self, exe: str) -> str:
+        """The program's path as a uprobe definition can hold it: the kernel splits the line
+        on white space, so a path with a space is named through a link without one (the
+        probe binds the file itself; the link goes at close)."""
+        if not any(c.isspace() for c in exe):
+            return exe
+        if self._link is None:
+            folder = tempfile.mkdtemp(prefix="tracer-uprobe-", dir="/tmp")
+            self._link = os.path.join(folder, "program")
+            os.symlink(exe, self._link)
+        return self._link
 
     def _filter_threads(self) -> None:
         """Record the operator's threads only. event-fork first, so a thread made by one
@@ -458,7 +474,8 @@ class UprobeBackend(Backend):
                 return None
         except OSError:
             return None
-        ours = [r for r in rows if len(r) == 3 and r[0] == exe and r[1] in self.events]
+        named = self._link or exe
+        ours = [r for r in rows if len(r) == 3 and r[0] == named and r[1] in self.events]
         if len(ours) != len(self.events):
             return None
         return sum(int(r[2]) for r in ours)
@@ -504,6 +521,9 @@ class UprobeBackend(Backend):
             os.close(self._w)
         self._count_lost()
         self._remove()
+        if self._link is not None:
+            shutil.rmtree(os.path.dirname(self._link), ignore_errors=True)
+            self._link = None
         if self._mem is not None:
             os.close(self._mem)
             self._mem = None
