@@ -165,11 +165,10 @@ def run(binary: Path, how: str, tmp: Path, knobs: list[str], work_first: bool = 
         if how.startswith("tracer"):
             backend = how.split()[1]
             env = dict(os.environ)
-            if "registers" in how:
-                env["TRACER_DLV_VALUES"] = "registers"
+            forced = ["--backend-option", "values=registers"] if "registers" in how else []
             helper = subprocess.Popen(
                 [sys.executable, "-m", "tracer", "attach", str(op.pid), "--backend", backend,
-                 "-o", str(trace), "-q", "--max-stopped", "off"],
+                 *forced, "-o", str(trace), "-q", "--max-stopped", "off"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             while not (trace.exists() and trace.read_text().count("\n") >= 1):
                 if helper.poll() is not None:
