@@ -15,7 +15,6 @@ a workload through the API, read its ground truth. No tracer here.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kube import objects as kube_objects
+from kube.objects import create_namespace, read_jsonl  # noqa: F401 - part of this module's API
 from kubernetes import client
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -88,28 +89,8 @@ def cr_binary(name: str) -> Path:
 
 
 def install_crd(api_client: client.ApiClient, timeout: float = 30) -> None:
-    """Create the Memcached CRD (if it is not there) and wait until it is Established."""
-    ext = client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load(CRD_MANIFEST.read_text())
-    try:
-        ext.create_custom_resource_definition(body)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    name = body["metadata"]["name"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition(name)
-        if any(c.type == "Established" and c.status == "True"
-               for c in (crd.status.conditions or [])):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"CRD {name} not Established after {timeout} s")
-
-
-def create_namespace(api_client: client.ApiClient, name: str) -> str:
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
-    return name
+    """The Memcached CRD, created and Established."""
+    kube_objects.install_crd(api_client, yaml.safe_load(CRD_MANIFEST.read_text()), timeout)
 
 
 # --- the operator ------------------------------------------------------------------------------
@@ -128,13 +109,6 @@ def operator_argv(binary: Path | str, kubeconfig: Path | str, truth: Path | str,
     if namespace:
         argv += ["--namespace", namespace]
     return argv + list(args)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Whole lines only: the operator writes through a buffer, a line may be half out."""
-    text = path.read_text() if path.exists() else ""
-    lines = text.split("\n")[:-1]
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 class RealOperator:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from kube import objects as kube_objects
+from kube.objects import create_namespace, read_jsonl  # noqa: F401 - part of this module's API
 from kubernetes import client
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -64,34 +66,10 @@ def binary(name: str) -> Path:
 
 
 def install_crd(api_client: client.ApiClient, operator: Path, timeout: float = 30) -> None:
+    """The operator's own CRD (it prints it), created and Established."""
     body = json.loads(subprocess.run([str(operator), "--print-crd"], capture_output=True,
                                      text=True, check=True, timeout=30).stdout)
-    ext = client.ApiextensionsV1Api(api_client)
-    try:
-        ext.create_custom_resource_definition(body)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    name = body["metadata"]["name"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition(name)
-        if any(c.type == "Established" and c.status == "True"
-               for c in (crd.status.conditions or [])):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"CRD {name} not Established after {timeout} s")
-
-
-def create_namespace(api_client: client.ApiClient, name: str) -> str:
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
-    return name
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Whole lines only (a line may be half written)."""
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+    kube_objects.install_crd(api_client, body, timeout)
 
 
 class RustOperator:
