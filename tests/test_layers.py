@@ -85,8 +85,49 @@ def _layer(module: str) -> str:
 
 
 MODULES = _modules()
+# What a module may import: modules, not packages (an __init__ re-exports its own modules).
+LEAVES = {m for m, path in MODULES.items() if path.name != "__init__.py"}
 
 
+def _cycles() -> list[list[str]]:
+    """The groups of modules that import each other, directly or round a loop (Tarjan's
+    strongly connected components of the graph of imports between modules)."""
+    edges = {m: sorted({n for _, n in _imports(m) if n in LEAVES and n != m}) for m in LEAVES}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        for n in edges[m]:
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            group = []
+            while True:
+                n = stack.pop()
+                group.append(n)
+                if n == m:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for m in sorted(LEAVES):
+        if m not in index:
+            visit(m)
+    return groups
+
+
+
+
+def test_no_modules_import_each_other():
+    """Every arrow runs one way, also inside a layer (function-level imports included)."""
+    assert _cycles() == []
 
 
 def test_every_part_of_tracer_has_a_layer():

@@ -161,7 +161,7 @@ class GdbBackend(Backend):
             code = file_bytes(self.binary, entry.addr, 16)
         except (OSError, ValueError):
             return
-        self.cost = calibrate.measure(plan, code)
+        self.cost = calibrate.measure(plan, code, lambda: type(self)(self.options))
 
     def header_fields(self) -> dict:
         """For the trace header: what a hit costs the operator, and how that was measured."""

@@ -16,10 +16,12 @@ import select
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from tracer.backends import calibration
+from tracer.backends.base import Backend
 from tracer.probes.plan import ENTRY, EXIT, Plan
 
 BURSTS = 9  # pairs
@@ -63,10 +65,10 @@ def _line(stream, timeout: float) -> str:
     return stream.readline()
 
 
-def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
-    """(ns per hit, how it was measured)."""
-    from tracer.backends.gdb.backend import GdbBackend
-
+def measure(plan: Plan, entry_code: bytes,
+            make_backend: Callable[[], Backend]) -> tuple[int | None, str]:
+    """(ns per hit, how it was measured). `make_backend` gives a gdb backend set up like the
+    run's (the caller's class and settings: this module imports no backend)."""
     entry = next((p for p in plan.points if p.role == ENTRY), None)
     exit_ = next((p for p in plan.points if p.role == EXIT), None)
     if entry is None or exit_ is None:
@@ -75,7 +77,7 @@ def measure(plan: Plan, entry_code: bytes) -> tuple[int | None, str]:
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(ROOT), data.hex(), str(CALLS), str(BURSTS)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    backend = GdbBackend()
+    backend = make_backend()
     try:
         address = int(_line(child.stdout, 30))
         if not address:
