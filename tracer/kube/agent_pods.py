@@ -20,6 +20,10 @@ from tracer.kube.client import Connection, api_error, call
 from tracer.kube.pods import PodTarget
 
 START_TIMEOUT_S = 60.0
+# Waiting reasons that mean the image is not there and will not be.
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# Waiting reasons of a container on its way up.
+STARTING = ("ContainerCreating", "PodInitializing")
 
 
 @dataclass
@@ -96,14 +100,19 @@ def add_ephemeral(conn: Connection, target: PodTarget, image: str, args: list[st
                 "(ephemeral containers are off before Kubernetes 1.23 unless the "
                 "EphemeralContainers feature gate is on): use --agent node, or run the "
                 "tracer on the pod's node") from None
-        if status == 403:
-            raise UserError(
-                f"access denied: the account may not patch pods/ephemeralcontainers in "
-                f"namespace {target.namespace} (RBAC: grant verb 'patch' on resource "
-                "'pods/ephemeralcontainers')") from None
-        raise api_error(exc, "patch", "pods/ephemeralcontainers", target.namespace,
-                        target.pod) from None
+        raise _refused(api_error(exc, "patch", "pods/ephemeralcontainers", target.namespace,
+                                 target.pod)) from None
     return AgentContainer(target.pod, target.namespace, name, "ephemeral")
+
+
+def _refused(error: UserError) -> UserError:
+    """An admission refusal says what the agent needs: Pod Security's baseline and restricted
+    levels forbid SYS_PTRACE (and hostPID, for the node agent)."""
+    if "violates PodSecurity" in str(error):
+        return UserError(f"{error} (the agent needs SYS_PTRACE, and --agent node also hostPID: "
+                         "the namespace's pod-security.kubernetes.io/enforce level must be "
+                         "privileged)")
+    return error
 
 
 def node_pod_spec(name: str, image: str, target: PodTarget, args: list[str]) -> dict:
@@ -142,8 +151,11 @@ def add_node_pod(conn: Connection, target: PodTarget, image: str, args: list[str
         raise UserError(f"pod {target.pod} has no node yet: nothing to trace")
     name = agent_name()
     body = node_pod_spec(name, image, target, args)
-    call(client.CoreV1Api(conn.api).create_namespaced_pod, "create", "pods", target.namespace,
-         namespace=target.namespace, body=body)
+    try:
+        call(client.CoreV1Api(conn.api).create_namespaced_pod, "create", "pods",
+             target.namespace, namespace=target.namespace, body=body)
+    except UserError as exc:
+        raise _refused(exc) from None
     return AgentContainer(name, target.namespace, "agent", "node")
 
 
@@ -180,8 +192,11 @@ def _running(pod, agent: AgentContainer) -> tuple[bool, str]:
             return False, f"it ended ({t.reason or ''} exit code {t.exit_code})"
         if status.state.waiting is not None:
             w = status.state.waiting
-            if w.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            if w.reason in PULL_FAILURES:
                 return False, f"its image cannot be pulled ({w.reason}: {w.message or ''})"
+            if w.reason and w.reason not in STARTING:
+                # The kubelet's own words (CreateContainerError, RunContainerError, ...).
+                return False, f"the kubelet says {w.reason}: {w.message or ''}"
     return False, ""
 
 

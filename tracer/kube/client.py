@@ -62,6 +62,11 @@ def api_error(exc: Exception, verb: str, resource: str, namespace: str | None,
     where = f" in namespace {namespace}" if namespace else ""
     what = f"{resource.removesuffix('s')} {name}" if name else resource
     if status == 403:
+        message = _status_message(exc)
+        if "violates PodSecurity" in message or "denied the request" in message:
+            # Not RBAC: an admission policy (Pod Security, a webhook) refused the object.
+            return UserError(f"the API server refused to {verb} {what}{where}: "
+                             f"{_cut(message)}")
         return UserError(f"access denied: the account may not {verb} {resource}{where} "
                          f"(RBAC: grant verb {verb!r} on resource {resource!r})")
     if status == 401:
@@ -74,6 +79,20 @@ def api_error(exc: Exception, verb: str, resource: str, namespace: str | None,
         return UserError(f"cannot reach the API server: {reason}")
     reason = getattr(exc, "reason", "") or ""
     return UserError(f"the API server refused to {verb} {what}{where}: {status} {reason}")
+
+
+def _status_message(exc: Exception) -> str:
+    """The message of the Status the API server answered with ("" if none)."""
+    import json
+
+    try:
+        return str(json.loads(getattr(exc, "body", None) or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _cut(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def call(fn, verb: str, resource: str, where: str | None, object_name: str | None = None,
