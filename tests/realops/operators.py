@@ -494,3 +494,24 @@ def churn(api_client: client.ApiClient, namespace: str, seconds: float,
                 core.delete_namespaced_config_map(p.name, namespace)
     w.done_ns = time.monotonic_ns()
     return w
+
+
+# --- the trace against the ground truth -------------------------------------------------------
+
+
+def match(truth: list[dict], spans: list[dict], opened: int, closed: int) -> dict[int, dict]:
+    """Each true reconcile to the one span on its goroutine that contains it; every span
+    inside the window holds one."""
+    matched: dict[int, dict] = {}
+    for i, call in enumerate(truth):
+        found = [s for s in spans if s["goroutine"] == call["goroutine"]
+                 and s["start_ns"] <= call["entry_ns"] and s["end_ns"] is not None
+                 and s["end_ns"] >= call["exit_ns"]]
+        assert len(found) == 1, f"{call} is in {len(found)} spans"
+        matched[i] = found[0]
+    assert len({s["id"] for s in matched.values()}) == len(truth), "a span holds two calls"
+    inside = [s for s in spans if s["start_ns"] >= opened and s["end_ns"] is not None
+              and s["end_ns"] <= closed]
+    assert {s["id"] for s in inside} <= {s["id"] for s in matched.values()}, \
+        "a span inside the window that is no reconcile of the operator's"
+    return matched

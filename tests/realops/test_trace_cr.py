@@ -18,6 +18,7 @@ from .operators import (
     SUB_RECONCILERS,
     default_plan,
     drive_workload,
+    match,
     secret_plan,
 )
 
@@ -57,24 +58,6 @@ def traced_workload(build: str, backend: str, cr_operator, cr_namespace, realops
     spans = [r for r in records if r["type"] == "span" and r["start_ns"] <= closed
              and (r["end_ns"] or 0) >= opened]
     return truth, spans, header, end, opened, closed
-
-
-def match(truth: list[dict], spans: list[dict], opened: int, closed: int) -> dict[int, dict]:
-    """Each true reconcile to the one span on its goroutine that contains it; every span
-    inside the window holds one."""
-    matched: dict[int, dict] = {}
-    for i, call in enumerate(truth):
-        found = [s for s in spans if s["goroutine"] == call["goroutine"]
-                 and s["start_ns"] <= call["entry_ns"] and s["end_ns"] is not None
-                 and s["end_ns"] >= call["exit_ns"]]
-        assert len(found) == 1, f"{call} is in {len(found)} spans"
-        matched[i] = found[0]
-    assert len({s["id"] for s in matched.values()}) == len(truth), "a span holds two calls"
-    inside = [s for s in spans if s["start_ns"] >= opened and s["end_ns"] is not None
-              and s["end_ns"] <= closed]
-    assert {s["id"] for s in inside} <= {s["id"] for s in matched.values()}, \
-        "a span inside the window that is no reconcile of the operator's"
-    return matched
 
 
 def check_span(call: dict, span: dict, has_priority: bool) -> None:
