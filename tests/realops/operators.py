@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import check_error
 from kube import objects as kube_objects
 from kube.objects import create_namespace, read_jsonl  # noqa: F401 - part of this module's API
 from kubernetes import client
@@ -515,3 +516,16 @@ def match(truth: list[dict], spans: list[dict], opened: int, closed: int) -> dic
     assert {s["id"] for s in inside} <= {s["id"] for s in matched.values()}, \
         "a span inside the window that is no reconcile of the operator's"
     return matched
+
+
+def check_span(call: dict, span: dict, has_priority: bool) -> None:
+    assert span["request"] == {"namespace": call["namespace"], "name": call["name"]}
+    result = {"requeue": call["requeue"], "requeue_after_ns": call["requeue_after_ns"]}
+    if has_priority:
+        result["priority"] = call["priority"]
+    assert span["result"] == result
+    check_error(call["error"], span["error"])
+    assert span["status"] == ("error" if call["error"] else "ok")
+    if call["error"] and call["error"]["type"] == "*errors.StatusError":
+        assert span["error"]["reason"] in ("Conflict", "NotFound")
+        assert span["error"]["code"] in (409, 404)

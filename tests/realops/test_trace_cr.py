@@ -10,12 +10,13 @@ import signal
 import time
 
 import pytest
-from helpers import check_error, read_lines, run_tracer, wait_for_header
+from helpers import read_lines, run_tracer, wait_for_header
 
 from .operators import (
     CR_BUILDS,
     ERROR_KINDS,
     SUB_RECONCILERS,
+    check_span,
     default_plan,
     drive_workload,
     match,
@@ -58,19 +59,6 @@ def traced_workload(build: str, backend: str, cr_operator, cr_namespace, realops
     spans = [r for r in records if r["type"] == "span" and r["start_ns"] <= closed
              and (r["end_ns"] or 0) >= opened]
     return truth, spans, header, end, opened, closed
-
-
-def check_span(call: dict, span: dict, has_priority: bool) -> None:
-    assert span["request"] == {"namespace": call["namespace"], "name": call["name"]}
-    result = {"requeue": call["requeue"], "requeue_after_ns": call["requeue_after_ns"]}
-    if has_priority:
-        result["priority"] = call["priority"]
-    assert span["result"] == result
-    check_error(call["error"], span["error"])
-    assert span["status"] == ("error" if call["error"] else "ok")
-    if call["error"] and call["error"]["type"] == "*errors.StatusError":
-        assert span["error"]["reason"] in ("Conflict", "NotFound")
-        assert span["error"]["code"] in (409, 404)
 
 
 @pytest.mark.parametrize(("build", "backend"), [
