@@ -126,6 +126,8 @@ def node_pod_spec(name: str, image: str, target: PodTarget, args: list[str]) -> 
             "nodeName": target.node,
             "hostPID": True,
             "restartPolicy": "Never",
+            # The agent talks to no API server: its pod gets no token to lose.
+            "automountServiceAccountToken": False,
             # Never outlive the trace by long, even if the tracer dies before removing it.
             "activeDeadlineSeconds": 24 * 3600,
             "tolerations": [{"operator": "Exists"}],
