@@ -228,7 +228,7 @@ def test_probe_check_names_the_future(build):
     assert bool(plan.rust_results) == info.has_dwarf
 
 
-@pytest.mark.parametrize("backend", ["dlv", "uprobe"])
+@pytest.mark.parametrize("backend", ["dlv"])
 def test_other_backends_refuse_async(backend, tmp_path):
     proc = subprocess.Popen([str(sample(BUILDS[0])), "-wait-signal"], stdout=subprocess.PIPE,
                             text=True)

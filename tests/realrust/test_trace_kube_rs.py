@@ -1,12 +1,14 @@
 """The tracer on the real kube-rs operator (samples/kube-rs-operator: kube 5.0.0's Controller
-on tokio), with no probe named, under gdb, against a real API server: every reconcile the
-operator records in the window is in the trace exactly once, with its poll count and the
-thread of each poll; Ok/Err and the requeue where the header says they are read (DWARF), and
-nothing where it says they are not; no span for error_policy or any other closure. Ground
-truth: the operator's own record of each reconcile future (operators.py)."""
+on tokio), with no probe named, under gdb and under kernel uprobes, against a real API
+server: every reconcile the operator records in the window is in the trace exactly once, with
+its poll count and the thread of each poll; Ok/Err and the requeue where the header says they
+are read (DWARF), and nothing where it says they are not; no span for error_policy or any
+other closure. Ground truth: the operator's own record of each reconcile future
+(operators.py)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -24,11 +26,16 @@ from .operators import BUILDS, RECONCILE, default_widgets, drive, expected
 NEAR = 1 << 16
 
 
-def traced_workload(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path):
+BACKENDS = ["gdb", pytest.param("uprobe", marks=pytest.mark.skipif(
+    os.geteuid() != 0, reason="kernel uprobes need root"))]
+
+
+def traced_workload(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path,
+                    backend="gdb"):
     op = rust_operator(build, rust_namespace)
     trace = tmp_path / "trace.jsonl"
     run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
-                     "--max-stopped", "off")
+                     "--max-stopped", "off", "--backend", backend)
     header = wait_for_header(trace, run)
     opened = time.monotonic_ns()
     widgets = default_widgets()
@@ -65,11 +72,13 @@ def match(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
     return matched
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("build", list(BUILDS))
-def test_every_reconcile_once(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd,
-                              tmp_path):
+def test_every_reconcile_once(build, backend, rust_operator, rust_namespace, rust_cluster,
+                              tracer_cmd, tmp_path):
     op, widgets, truth, spans, header, end, opened, closed = traced_workload(
-        build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path)
+        build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path, backend)
+    assert header["backend"] == backend, header
     assert header["probe"] == "kube-rs", header
     assert header["functions"] == [RECONCILE], "error_policy or another closure is traced"
     assert header["binary"]["dwarf"] == BUILDS[build].dwarf

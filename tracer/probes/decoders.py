@@ -315,3 +315,151 @@ def _fetched_error(field: Field, f: dict, n: str, mem: GoMemory, capture: bool,
     extra = {k: slot(v) for k, v in layout.extra.items()} or None
     # Fields of types the tracer does not know are read by the debuggers, not the kernel.
     return [layout.name, message, extra]
+
+
+# -- Rust futures (probe kind "rust-async"): the poll decoders -------------------------------
+# Named by tracer.probes.rust_async per poll function, read by gdb's hit handler and, as
+# fetch-args, by kernel uprobes:
+#   rust-poll:OFF:SIZE       a poll's entry, `self` in RSI (the Poll returned through memory,
+#                            RDI its slot); OFF:SIZE the future's state, "-:-" when unknown
+#   rust-poll-rdi:OFF:SIZE   the same with `self` in RDI (the Poll fits in RAX:RDX)
+#   rust-poll-exit:OFF:SIZE:N:MODE  a poll's RET: the returned Poll's first N bytes, through
+#                            RAX (MODE m: RAX points at it) or in RAX:RDX (MODE r)
+# A drop (role "drop") has no decoder: its `self` is RDI.
+# The values (the hit line's `value`, the same from every backend):
+#   entry: the state, or [state, namespace, name] at a first poll (state 0) whose object the
+#          layout says how to read (tracer.probes.rust_dwarf.request_layout), or None
+#   exit:  [state after or None, the returned Poll's first N bytes (hex) or None, message]
+# The future's address is the hit's key (`goid`). A uprobe at a RET has lost `self` (and so
+# the state after the poll): its hit has no future, and tracer.session.async_pairing pairs it
+# with its thread's innermost open poll; the Poll's bytes then say Ready or Pending.
+RUST_POLL = "rust-poll"
+
+
+@dataclass(frozen=True)
+class RustPoll:
+    exit: bool
+    self_reg: str  # where `self` is at entry: "rsi" or "rdi"
+    state_offset: int | None
+    state_size: int | None
+    result_bytes: int = 0  # exit: bytes of the returned Poll to read (0: not decoded)
+    mode: str = "r"  # exit: "m" RAX points at the Poll, "r" the Poll is RAX:RDX
+
+
+def rust_poll(decoder: str | None) -> RustPoll | None:
+    """The parsed rust-poll decoder, or None for any other name."""
+    if not decoder or not decoder.startswith(RUST_POLL):
+        return None
+    kind, *parts = decoder.split(":")
+    parts += ["-", "-", "0", "r"][len(parts):]
+    offset = None if parts[0] == "-" else int(parts[0])
+    size = None if parts[1] == "-" else int(parts[1])
+    if kind == "rust-poll-exit":
+        return RustPoll(True, "rsi", offset, size, int(parts[2]), parts[3])
+    return RustPoll(False, "rdi" if kind == "rust-poll-rdi" else "rsi", offset, size)
+
+
+_SIZES = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
+
+
+def _chain(base: str, steps: list) -> tuple[str, int, list]:
+    """A request_layout path as a fetch-arg base: (expression, offset, the string step)."""
+    expr, off = base, 0
+    for step in steps:
+        if step[0] == "o":
+            off += step[1]
+        elif step[0] == "d":
+            expr, off = f"+{off}({expr})", 0
+        else:
+            return expr, off, step
+    raise ValueError("a request path without its string")
+
+
+def rust_fetchargs(decoder: str | None, role: str, request: dict | None = None,
+                   result: dict | None = None, self_reg: str | None = None) -> list[str]:
+    """A Rust future point's fetch-args: `fut` the future (entry: `self`; drop: RDI), `st`
+    its state at entry where the layout is known, the object's strings (`rqN`: data, `rqNl`
+    length, `rqNo` the Option's tag) at every entry (kept only at a first poll), and at a
+    RET the returned Poll's bytes (`res`) and an error's message (`msg`, `msgl`) where the
+    layout (DWARF) says how to read them. `self_reg` puts `self` elsewhere (the calibration's
+    buffer)."""
+    if role == "drop":
+        return [f"fut={_tracefs_reg(self_reg or 'rdi')}:u64"]
+    spec = rust_poll(decoder)
+    if spec is None:
+        return []
+    if spec.exit:
+        if not spec.result_bytes:
+            return []
+        if spec.mode == "r":
+            return ["res0=%ax:u64", "res1=%dx:u64"]
+        args = [f"res=+0(%ax):u64[{(spec.result_bytes + 7) // 8}]"]
+        where = (result or {}).get("messages", {}).get("")
+        if where is not None:
+            args += [f"msgl=+{where[1]}(%ax):s64",
+                     f"msg=+0(+{where[0]}(%ax)):u64[{STRING_BYTES // 8}]"]
+        return args
+    me = _tracefs_reg(self_reg or spec.self_reg)
+    args = [f"fut={me}:u64"]
+    if spec.state_offset is not None:
+        args.append(f"st=+{spec.state_offset}({me}):{_SIZES.get(spec.state_size or 1, 'u8')}")
+    for i, key in enumerate(("namespace", "name")):
+        if not request or key not in request:
+            continue
+        expr, off, (_s, ptr, length, option) = _chain(me, request[key])
+        n = f"rq{i}"
+        if option is not None:
+            args.append(f"{n}o=+{off + option['off']}({expr}):"
+                        f"{_SIZES.get(option['size'], 'u64')}")
+        args += [f"{n}l=+{off + length}({expr}):s64",
+                 f"{n}=+0(+{off + ptr}({expr})):u64[{STRING_BYTES // 8}]"]
+    return args
+
+
+def rust_from_fetched(decoder: str | None, role: str, f: dict, capture: bool,
+                      request: dict | None = None, result: dict | None = None
+                      ) -> tuple[int | None, object]:
+    """(the future, the value as gdb's hit handler gives it) from one uprobe record's fields
+    (`rust_fetchargs`' names). At a RET the future is None (see above)."""
+    if role == "drop":
+        return f.get("fut"), None
+    spec = rust_poll(decoder)
+    if spec is None:
+        return f.get("fut"), None
+    if spec.exit:
+        raw = None
+        if spec.result_bytes:
+            data = (f["res0"].to_bytes(8, "little") + f["res1"].to_bytes(8, "little")
+                    if spec.mode == "r" else f["res"])
+            raw = data[:spec.result_bytes]
+        message = None
+        if raw is not None and "msg" in f and capture and result:
+            message = _rust_message(result, raw, f)
+        return None, [None, None if raw is None else raw.hex(), message]
+    state = f.get("st")
+    if state == 0 and request and capture and "rq1" in f:
+        names = []
+        for i in range(2):
+            n = f"rq{i}"
+            option = request[("namespace", "name")[i]][-1][3]
+            tag = f.get(n + "o")
+            some = option is None or option["values"].get(str(tag), option["default"]) == "Some"
+            names.append(_text(f[n], f[n + "l"]) if some else None)
+        return f["fut"], [state, *names]
+    return f["fut"], state
+
+
+def rust_variant(enum: dict, data: bytes) -> str | None:
+    """The variant an enum layout (tracer.probes.rust_dwarf) reads in `data`."""
+    raw = data[enum["off"]:enum["off"] + enum["size"]]
+    if len(raw) < enum["size"]:
+        return None
+    return enum["values"].get(str(int.from_bytes(raw, "little")), enum["default"])
+
+
+def _rust_message(layout: dict, data: bytes, f: dict) -> str | None:
+    """A Ready(Err(e)) whose e is a String: the message fetched (gdb reads the same)."""
+    if rust_variant(layout["poll"], data) != layout["ready"] \
+            or rust_variant(layout["result"], data) != "Err":
+        return None
+    return _text(f["msg"], min(f["msgl"], MAX_MESSAGE, STRING_BYTES))

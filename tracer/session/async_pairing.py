@@ -1,12 +1,19 @@
 """Pair the hits of Rust futures into spans: one per future, from its first poll to the poll
 that completes it (or its drop), keyed by the future's address.
 
-A future is polled several times, often on different threads, so nothing here is keyed by
-thread: the agent reports each poll's future (RSI at entry, remembered per thread for the
-RET) and each drop's (RDI). The state byte the agent reads says what a poll was: entered in
-state 0 (Unresumed) it starts a reconcile, left in state 1 (Returned) it finished it. When
-the state cannot be read, the first poll of an address not open starts one and the drop
-ends it, at the end of its last poll. Span fields beyond the usual: `future` (hex),
+A future is polled several times, often on different threads, so spans are keyed by the
+future, not the thread: each poll's entry carries its future (`self`) and each drop its
+(RDI). A poll's return is paired with its thread's innermost open poll of that function:
+polls nest on a thread (a wrapper's poll holds the inner one, a reconcile's poll may hold
+another traced future's) and a thread runs one at a time, so its open polls are a stack.
+gdb's agent also names the future at a RET (it keeps the same stack); kernel uprobes cannot
+(the RET has lost `self`), so the stack here is the one that counts. A future's address is
+reused once its task ends, so a Ready or a drop closes it: the next poll there is a new one.
+The state byte read at entry says what a poll was: entered in state 0 (Unresumed) it starts
+a reconcile; left in state 1 (Returned) it finished it (gdb reads the state after a poll;
+uprobes cannot, and the returned Poll's Ready says it). When neither the state nor the Poll
+can be read, the first poll of an address not open starts a span and the drop ends it, at
+the end of its last poll. Span fields beyond the usual: `future` (hex),
 `polls`, `cpu_ns` (time inside polls), `await_ns` (between them; cpu_ns + await_ns =
 duration_ns), `threads` (the thread of each poll, in order).
 """
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 from tracer.probes.plan import DROP, POLL, POLL_EXIT, SPAN_STEP
 
 UNRESUMED, RETURNED, PANICKED = 0, 1, 2
+MAX_NESTED = 16  # open polls kept per thread
 
 
 @dataclass
@@ -34,6 +42,7 @@ class OpenFuture:
     last_exit_ns: int | None = None
     outcome: tuple | None = None  # (ok, error type, message) once a poll returned Ready
     state_known: bool = False  # the agent reads the state byte: the drop is not the end
+    end_known: bool = False  # a poll's return tells Ready (state after, or the Poll's bytes)
     request: dict | None = None  # the object (namespace, name), read at the first poll
 
 
@@ -44,21 +53,53 @@ class AsyncPairer:
         self.pairer = pairer
         self.results = pairer.plan.rust_results
         self.open: dict[int, OpenFuture] = {}
+        # Per thread, the polls entered and not yet returned, innermost last:
+        # (future, function). Bounded: a poll that unwound (a panic) never returns.
+        self.polling: dict[int, list[tuple[int, str]]] = {}
 
     def feed(self, hit) -> None:
         stats = self.pairer.stats
         stats.hits += 1
         future = hit.goid
         role = hit.point.role
+        if role == POLL_EXIT:
+            future = self._returned(hit, future)
         if future is None:
             stats.orphan_exits += 1
             return
         if role == POLL:
+            stack = self.polling.setdefault(hit.lwp, [])
+            stack.append((future, hit.point.function))
+            del stack[:-MAX_NESTED]
             self._poll(hit, future)
         elif role == POLL_EXIT:
             self._poll_exit(hit, future)
         elif role == DROP:
+            self._unwound(future)
             self._drop(hit, future)
+
+    def _returned(self, hit, named: int | None) -> int | None:
+        """The future a poll's return belongs to: its thread's innermost open poll of the
+        same function (the one the backend named, when it named one)."""
+        stack = self.polling.get(hit.lwp)
+        if not stack:
+            return named
+        function = hit.point.function
+        for i in range(len(stack) - 1, -1, -1):
+            future, polled = stack[i]
+            if polled == function and (named is None or named == future):
+                # Polls above it on this thread unwound without returning (a panic caught
+                # inside this poll): they are gone too.
+                del stack[i:]
+                return future
+        return named
+
+    def _unwound(self, future: int) -> None:
+        """A dropped future is polled nowhere: a poll of it still on a thread's stack unwound
+        (a panic) and never returned."""
+        for stack in self.polling.values():
+            if any(f == future for f, _ in stack):
+                stack[:] = [(f, fn) for f, fn in stack if f != future]
 
     def _poll(self, hit, future: int) -> None:
         value = hit.value
@@ -100,6 +141,7 @@ class AsyncPairer:
         ready, outcome = self._read(call.function, raw, message)
         if outcome is not None:
             call.outcome = outcome
+        call.end_known = state is not None or ready is not None
         if state == RETURNED or (state is None and ready):
             del self.open[future]
             self._end(call, hit.ts)
@@ -113,8 +155,10 @@ class AsyncPairer:
         if call is None:
             return  # it finished at its last poll, as futures do
         self.pairer.stats.ended_by_marker += 1
-        if not call.state_known and call.poll_start is None and call.last_exit_ns is not None:
-            # The state is unreadable: it ended with its last poll.
+        if (not call.state_known or not call.end_known) and call.poll_start is None \
+                and call.last_exit_ns is not None:
+            # Neither the state nor the Poll says whether its last poll completed it: it
+            # ended with its last poll, Ready or cancelled (not told apart).
             self._end(call, call.last_exit_ns)
         elif call.poll_start is not None:
             # Dropped inside a poll that never returned: the poll panicked and unwound.

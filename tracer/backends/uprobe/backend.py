@@ -22,7 +22,17 @@ from tracer.binary.govalues import GoMemory
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes import decoders
-from tracer.probes.plan import ENTRY, EXIT, KEY_FUTURE, KEY_GOID, KEY_GOID_FROM_ARG, Plan, Point
+from tracer.probes.plan import (
+    ENTRY,
+    EXIT,
+    KEY_FUTURE,
+    KEY_GOID,
+    KEY_GOID_FROM_ARG,
+    POLL,
+    POLL_EXIT,
+    Plan,
+    Point,
+)
 from tracer.targets.process import mapped_at
 
 TICK_S = 0.02  # the reader reads every CPU's pages this often, never woken per event
@@ -40,13 +50,22 @@ def check_uprobe(info: BinaryInfo) -> str:
 
 
 def _fetchargs(point: Point, goid_offset: int | None, branch: bool = False,
-               slots: decoders.ErrorSlots = decoders.STD_ERROR_SLOTS) -> str:
+               slots: decoders.ErrorSlots = decoders.STD_ERROR_SLOTS,
+               plan: Plan | None = None, self_reg: str | None = None) -> str:
     """What the kernel reads at each hit. Each string is one array behind one pointer chain:
     a nil pointer (no error, the common case) then faults once, not once per array (a fault
-    costs about a microsecond here; measured in scripts/bench-fetchargs)."""
+    costs about a microsecond here; measured in scripts/bench-fetchargs). A Rust future's
+    points read what tracer.probes.decoders.rust_fetchargs says (`self_reg`: the
+    calibration's stand-in for `self`)."""
     args = ["sp=%sp:u64"]
     if branch:
         args.append("fl=%flags:u64")
+    if point.key == KEY_FUTURE:
+        args += decoders.rust_fetchargs(
+            point.decode, point.role,
+            plan.rust_requests.get(point.function) if plan and plan.capture_args else None,
+            plan.rust_results.get(point.function) if plan else None, self_reg)
+        return " ".join(args)
     if point.key == KEY_GOID and goid_offset is not None:
         args.append(f"goid=+{goid_offset}(%r14):s64")
     elif point.key == KEY_GOID_FROM_ARG and goid_offset is not None:
@@ -187,10 +206,11 @@ class UprobeBackend(Backend):
         from tracer.binary.analyze import analyze
 
         assert self.pid is not None
-        if any(p.key == KEY_FUTURE for p in plan.points):
-            # A poll's RET has lost the future's address; gdb's agent keeps it per thread.
-            raise UserError("Rust async spans (probe kind \"rust-async\") need --backend gdb: "
-                            "kernel uprobes cannot follow a future from a poll to its return")
+        # Rust futures: a poll's entry and drop carry the future (`self`); its RETs do not,
+        # and the async pairer gives each to its thread's innermost open poll. RETs get
+        # uprobes of their own, not uretprobes: a uretprobe replaces the caller's return
+        # address on the stack, and a panic unwinding through that frame (tokio catches
+        # a task's panics above the poll) would find no unwind info there and abort.
         self.plan = plan
         self._slots = tuple((off, kind) for off, kind in plan.go_error_slots)
         # tracer run: the process still runs the parker; the probes go on the program's file.
@@ -201,7 +221,7 @@ class UprobeBackend(Backend):
         for index, (point, where) in enumerate(zip(plan.points, self.placements, strict=True)):
             offset = info.file_offset(where.addr)
             event = f"p{index}"
-            fetch = _fetchargs(point, plan.go_goid_offset, where.branch, self._slots)
+            fetch = _fetchargs(point, plan.go_goid_offset, where.branch, self._slots, plan)
             definitions.append(f"p:{self.group}/{event} {self._probe_path(exe)}:0x{offset:x} "
                                f"{fetch}")
             self.events.append(event)
@@ -265,8 +285,8 @@ class UprobeBackend(Backend):
 
     def _calibrate(self, plan: Plan, info: BinaryInfo, exe: str) -> None:
         """The cost of one hit of these probes, before the operator's are recorded."""
-        at = next((i for i, p in enumerate(plan.points) if p.role == ENTRY), None)
-        exit_ = next((p for p in plan.points if p.role == EXIT), None)
+        at = next((i for i, p in enumerate(plan.points) if p.role in (ENTRY, POLL)), None)
+        exit_ = next((p for p in plan.points if p.role in (EXIT, POLL_EXIT)), None)
         if at is None or exit_ is None:
             self.cost = (None, "not measured: the plan has no entry and return")
             return
@@ -276,8 +296,9 @@ class UprobeBackend(Backend):
             code = f.read(16)
         self.cost = calibrate.measure(self.root, self.instance, self.group, code,
                                       _fetchargs(entry, plan.go_goid_offset, where.branch,
-                                                 self._slots),
-                                      _fetchargs(exit_, plan.go_goid_offset, False, self._slots))
+                                                 self._slots, plan, "rdi"),
+                                      _fetchargs(exit_, plan.go_goid_offset, False, self._slots,
+                                                 plan))
 
     def header_fields(self) -> dict:
         """For the trace header: what a hit costs the operator, and how that was measured."""
@@ -358,11 +379,14 @@ class UprobeBackend(Backend):
             if "fl" in fields and placement.branch_taken(fields["fl"]):
                 self.stack_growths += 1
                 return None  # the stack grows first; the function starts again
-            value = self._value(point, fields)
+            if point.key == KEY_FUTURE:
+                key, value = self._future_value(point, fields)
+            else:
+                key, value = fields.get("goid"), self._value(point, fields)
         except Exception as exc:  # noqa: BLE001 - a record we cannot decode is said, not fatal
             return json.dumps({"agent_error": f"uprobe p{event.index}: {exc!r}"}).encode() + \
                 b"\n"
-        hit = [ts, event.index, tid, fields.get("goid"), fields["sp"], value, 0]
+        hit = [ts, event.index, tid, key, fields["sp"], value, 0]
         return json.dumps(hit, separators=(",", ":")).encode() + b"\n"
 
     def lost_counts(self) -> dict[str, int]:
@@ -413,6 +437,13 @@ class UprobeBackend(Backend):
     def _value(self, point: Point, f: dict):
         return decoders.from_fetched(point.decode, f, self._go(), self.capture, self._type_of,
                                      self._slots)
+
+    def _future_value(self, point: Point, f: dict):
+        plan = self.plan
+        assert plan is not None
+        return decoders.rust_from_fetched(point.decode, point.role, f, self.capture,
+                                          plan.rust_requests.get(point.function),
+                                          plan.rust_results.get(point.function))
 
     # -- while running ----------------------------------------------------------------------
     def poll(self, timeout: float) -> str | None:
