@@ -163,6 +163,7 @@ class AsyncPairer:
         elif call.poll_start is not None:
             # Dropped inside a poll that never returned: the poll panicked and unwound.
             call.outcome = ("panic", None, None)
+            self._end(call, hit.ts)
         else:
             # Dropped between polls, before it completed: cancelled (a timeout, a select).
             call.outcome = ("cancelled", None, None)
