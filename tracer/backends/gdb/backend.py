@@ -19,7 +19,7 @@ from tracer.backends.gdb import calibrate
 from tracer.backends.gdb.mi import MIConnection, MIError, mi_quote
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
-from tracer.probes.plan import ENTRY, Plan
+from tracer.probes.plan import ENTRY, POLL, Plan
 from tracer.targets.process import file_bytes
 
 HIT_HANDLER = Path(__file__).with_name("hit_handler.py")
@@ -154,7 +154,7 @@ class GdbBackend(Backend):
 
     def _calibrate(self, plan: Plan) -> None:
         """The cost of one hit, measured on a process of the tracer's (gdb/calibrate.py)."""
-        entry = next((p for p in plan.points if p.role == ENTRY), None)
+        entry = next((p for p in plan.points if p.role in (ENTRY, POLL)), None)
         if entry is None or not self.binary:
             return
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tracer.backends import calibration
 from tracer.backends.base import Backend
-from tracer.probes.plan import ENTRY, EXIT, Plan
+from tracer.probes.plan import ENTRY, EXIT, POLL, POLL_EXIT, Plan
 
 BURSTS = 9  # pairs
 CALLS = 60  # per burst: 2 hits a call, about 30 ms a burst with gdb
@@ -69,8 +69,9 @@ def measure(plan: Plan, entry_code: bytes,
             make_backend: Callable[[], Backend]) -> tuple[int | None, str]:
     """(ns per hit, how it was measured). `make_backend` gives a gdb backend set up like the
     run's (the caller's class and settings: this module imports no backend)."""
-    entry = next((p for p in plan.points if p.role == ENTRY), None)
-    exit_ = next((p for p in plan.points if p.role == EXIT), None)
+    # A Rust future's poll and its RET stand for the entry and the return.
+    entry = next((p for p in plan.points if p.role in (ENTRY, POLL)), None)
+    exit_ = next((p for p in plan.points if p.role in (EXIT, POLL_EXIT)), None)
     if entry is None or exit_ is None:
         return None, "not measured: the plan has no entry and return"
     data, entry_offset, ret_offset = calibration.page(entry_code, BODY)
