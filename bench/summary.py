@@ -1,6 +1,6 @@
 """Every benchmark's results in one file: build/bench.json holds the machine it ran on and
 what each benchmark wrote (build/bench-backends.json, bench-live.json, bench-report.json, and
-bench-real.json when scripts/bench-real ran).
+bench-real.json and bench-kube-rs.json when scripts/bench-real and bench-kube-rs ran).
 
     python -m bench.summary
 """
@@ -11,7 +11,8 @@ import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("bench-backends", "bench-live", "bench-report", "bench-real")
+BENCHES = ("bench-backends", "bench-live", "bench-report", "bench-real", "bench-kube-rs")
+OPTIONAL = ("bench-real", "bench-kube-rs")
 
 
 def machine() -> dict:
@@ -31,7 +32,7 @@ def main() -> None:
         path = build / f"{name}.json"
         if path.exists():
             results[name] = json.loads(path.read_text())
-        elif name != "bench-real":
+        elif name not in OPTIONAL:
             results[name] = None
     (build / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
