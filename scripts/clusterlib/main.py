@@ -1,0 +1,111 @@
+"""The command line of scripts/cluster: up, down, run-operator."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import node, operator
+from .api import ApiError
+from .files import Layout
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("TRACER_CLUSTER_DIR") or node.CACHE / "cluster")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, as the project's commands do
+        print(f"cluster: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = Parser(prog="scripts/cluster", description="A one-node Kubernetes cluster on this "
+               "machine: etcd, kube-apiserver, containerd + runc, a CNI bridge, the kubelet.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, text in (("up", "start the cluster; prints export KUBECONFIG=..."),
+                       ("down", "stop everything and remove what up made")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--dir", type=Path, default=None,
+                       help="the cluster's directory (default $TRACER_CLUSTER_DIR or "
+                            "$TRACER_CACHE/cluster)")
+    r = sub.add_parser("run-operator", help="run a static binary as Pod NAME; wait for Running")
+    r.add_argument("--dir", type=Path, default=None)
+    r.add_argument("--env", action="append", default=[], metavar="K=V")
+    r.add_argument("--mount", action="append", default=[], metavar="HOSTPATH:PODPATH")
+    r.add_argument("--user", type=int, default=None, metavar="UID",
+                   help="run as this UID (and GID); default: the image's (root)")
+    r.add_argument("--namespace", default="default")
+    r.add_argument("--timeout", type=float, default=90)
+    r.add_argument("name")
+    r.add_argument("binary", type=Path)
+    r.add_argument("args", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    if args.command == "run-operator":
+        for flag, items in (("--env", args.env), ("--mount", args.mount)):
+            sep = "=" if flag == "--env" else ":"
+            for item in items:
+                if sep not in item or not item.split(sep, 1)[0]:
+                    p.error(f"{flag} {item!r}: expected {'K=V' if sep == '=' else 'HOST:POD'}")
+        if args.args and args.args[0] == "--":
+            args.args = args.args[1:]
+    return args
+
+
+def _locked(lay: Layout):
+    lay.root.mkdir(parents=True, exist_ok=True)
+    f = open(lay.root / ".lock", "a")
+    # up and down on one directory never overlap (a test's teardown and a user's Ctrl-C).
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    lay = Layout(args.dir or default_dir())
+    try:
+        if args.command == "up":
+            with _locked(lay):
+                if node.is_up(lay):
+                    print(f"cluster: already up in {lay.root}", file=sys.stderr)
+                    print(f"export KUBECONFIG={lay.admin_kubeconfig}")
+                    return 0
+                if node.read_state(lay) is not None:  # a crashed or half-stopped cluster
+                    node.down(lay)
+                try:
+                    seconds = node.up(lay)
+                except BaseException:
+                    print("cluster: up failed; stopping what it started", file=sys.stderr)
+                    node.down(lay)
+                    raise
+            print(f"cluster: up in {seconds:.1f} s (node {node.NODE}, Kubernetes "
+                  f"{node.KUBE_VERSION}, pids in {lay.pids})", file=sys.stderr)
+            print(f"export KUBECONFIG={lay.admin_kubeconfig}")
+        elif args.command == "down":
+            with _locked(lay):
+                problems = node.down(lay)
+            for p in problems:
+                print(f"cluster: down: {p}", file=sys.stderr)
+            return 1 if problems else 0
+        else:
+            env = dict(e.split("=", 1) for e in args.env)
+            mounts = dict(m.split(":", 1) for m in args.mount)
+            pod = operator.run_operator(lay, args.name, args.binary.resolve(), args.args, env,
+                                        mounts, args.user, args.namespace, args.timeout)
+            cs = pod["status"]["containerStatuses"][0]
+            print(json.dumps({"pod": args.name, "namespace": args.namespace,
+                              "node": pod["spec"]["nodeName"], "image": cs["image"],
+                              "containerID": cs.get("containerID"),
+                              "podIP": pod["status"].get("podIP")}))
+    except operator.BadInput as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        return 2
+    except (node.ClusterError, operator.PodFailed, ApiError, OSError) as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        return 1
+    return 0
