@@ -138,10 +138,11 @@ def _cni_config(lay: Layout, state: dict) -> None:
 
 # --- cgroups -----------------------------------------------------------------------------------
 
-def _hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies the kubelet and runc make pod cgroups in."""
+def _hierarchies(v2: bool = False) -> list[Path]:
+    """The cgroup v1 hierarchies the kubelet and runc make pod cgroups in, and with V2 the
+    hybrid layout's cgroup2 one (runc mirrors each container's cgroup there)."""
     return sorted(p for p in CGROUP_FS.iterdir()
-                  if p.is_dir() and p.name != "unified" and os.path.ismount(p))
+                  if p.is_dir() and (v2 or p.name != "unified") and os.path.ismount(p))
 
 
 def _make_cgroup_root(name: str) -> None:
@@ -155,17 +156,40 @@ def _make_cgroup_root(name: str) -> None:
                     (d / f).write_text((h / f).read_text())
 
 
+def _cgroup_processes(name: str) -> set[int]:
+    """Every process in the cluster's cgroup subtree (the same set in each hierarchy)."""
+    found: set[int] = set()
+    for h in _hierarchies(v2=True) if CGROUP_FS.is_dir() else ():
+        for dirpath, _dirs, _files in os.walk(h / name):
+            try:
+                found.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+    return found
+
+
 def _remove_cgroup_root(name: str) -> list[str]:
+    """Kill what is left in the subtree (containers whose kubelet and containerd died), by PID,
+    then remove it deepest first."""
+    for _ in range(3):
+        pids = _cgroup_processes(name)
+        if not pids:
+            break
+        for pid in pids:
+            procs.kill_pid(pid)
     left = []
-    for h in _hierarchies() if CGROUP_FS.is_dir() else ():
+    for h in _hierarchies(v2=True) if CGROUP_FS.is_dir() else ():
         top = h / name
         if not top.is_dir():
             continue
+        errors = []
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
             try:
                 os.rmdir(dirpath)
             except OSError as exc:
-                left.append(f"{dirpath}: {exc.strerror}")
+                errors.append(exc.strerror)
+        if errors:
+            left.append(f"{top}: {errors[0]} ({len(errors)} cgroups left)")
     return left
 
 
@@ -353,6 +377,9 @@ def _kubelet_config(lay: Layout, st: dict) -> Path:
         "syncFrequency": "10s",
         "serializeImagePulls": False,
         "maxPods": 50,
+        # KUBE-FIREWALL and the canary chains are for kube-proxy, which this cluster has not;
+        # made, they would outlive `down` in the host's iptables.
+        "makeIPTablesUtilChains": False,
     }
     path = lay.kubelet / "config.yaml"
     write_atomic(path, json.dumps(config, indent=1) + "\n")
@@ -529,14 +556,15 @@ def down(lay: Layout) -> list[str]:
     procs.stop(lay.pids, "containerd")
     for pid in shims(lay):  # a shim outlives containerd by design
         procs.kill_pid(pid)
+    for pid in _cgroup_processes(st["cgroup_root"]) if st.get("cgroup_root") else ():
+        procs.kill_pid(pid)  # containers whose shim is gone (a crashed containerd, a killed shim)
     procs.stop(lay.pids, "kube-apiserver")
     procs.stop(lay.pids, "etcd")
     for name, rec in procs.records(lay.pids).items():  # anything else recorded
         procs.stop(lay.pids, name)
         del rec
 
-    left = _unmount_all(lay.root)
-    problems += [f"still mounted: {p}" for p in left]
+    problems += [f"still mounted: {p}" for p in _unmount_all(lay.root)]
     if st.get("bridge"):
         # Host ends of veths whose pod netns outlived the kubelet, then the bridge itself.
         links = subprocess.run(["ip", "-j", "link", "show", "master", st["bridge"]],
@@ -547,7 +575,7 @@ def down(lay: Layout) -> list[str]:
     if st.get("cgroup_root"):
         problems += [f"cgroup not removed: {p}" for p in _remove_cgroup_root(st["cgroup_root"])]
     _remove_container_log_links(lay)
-    if not left:
+    if not problems:
         # Everything but the logs (kept for a look after a failure; the next `up` appends).
         for sub in lay.root.iterdir() if lay.root.is_dir() else ():
             if sub.name in ("logs", ".lock"):
