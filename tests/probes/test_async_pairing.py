@@ -60,7 +60,8 @@ def test_returns_go_to_the_threads_innermost_poll():
         w1, s1 = got[("W", "0xa00")], got[("S", "0xb00")]
         assert (w1["start_ns"], w1["end_ns"], w1["polls"], w1["threads"]) == \
             (100, 211, 2, [1, 2])
-        assert w1["cpu_ns"] == 11 + 11 and w1["status"] == "ok"
+        # W's state is not read: Ready or cancelled is not told apart, so no status.
+        assert w1["cpu_ns"] == 11 + 11 and w1["status"] is None
         assert (s1["start_ns"], s1["end_ns"], s1["polls"], s1["threads"]) == (101, 210, 2, [1, 2])
         assert s1["result"] == {"ok": True} and s1["status"] == "ok"
         w2 = got[("W", "0xc00")]
@@ -93,7 +94,7 @@ def test_a_poll_that_unwound_leaves_the_stack():
         (110, "W", POLL_EXIT, 1, 0xA00, None), (111, "W", DROP, 1, 0xA00, None),
     ])
     got = {s["future"]: s for s in spans}
-    assert (got["0xa00"]["end_ns"], got["0xa00"]["status"]) == (110, "ok")
+    assert (got["0xa00"]["end_ns"], got["0xa00"]["status"]) == (110, None)
     # Dropped inside its poll: it panicked, and ends there.
     assert (got["0xc00"]["end_ns"], got["0xc00"]["status"]) == (102, "panic")
     assert pairer.stats.orphan_exits == 0
@@ -128,3 +129,83 @@ def test_rust_poll_fetchargs_and_values():
                                       True) == (None, [None, raw[:20].hex(), None])
     assert decoders.rust_from_fetched("rust-poll-exit:-:-:0:r", POLL_EXIT, {}, True) == \
         (None, [None, None, None])
+
+
+# D: a wrapper whose inlined body's state the tracer found (tracer.binary.async_state: at
+# +178 from the wrapper's self, four states), read at each poll's entry, after each poll
+# (gdb only) and at the drop.
+D_POINTS = [
+    Point(0x40, "D", POLL, KEY_FUTURE, "rust-poll:178:1", SPAN_RECONCILE),
+    Point(0x48, "D", POLL_EXIT, KEY_FUTURE, "rust-poll-exit:178:1:0:r", SPAN_RECONCILE),
+    Point(0x50, "D", DROP, KEY_FUTURE, "rust-drop:178:1:4", SPAN_RECONCILE),
+]
+
+
+def run_d(hits, gdb: bool = False) -> list[dict]:
+    """hits: (ts, role, thread, future, value); at a RET uprobes give no future and no state
+    ([None, None, None]), gdb the state after the poll."""
+    spans: list[dict] = []
+    plan = Plan("b", "native", "kube-rs", ["D"], D_POINTS)
+    pairer = Pairer(plan, spans.append)
+    roles = {p.role: i for i, p in enumerate(D_POINTS)}
+    for ts, role, lwp, future, value in hits:
+        i = roles[role]
+        if role == POLL_EXIT and not gdb:
+            future, value = None, [None, None, None]
+        pairer.feed(Hit(ts, D_POINTS[i], i, lwp, future, 0, value))
+    pairer.close_all()
+    return sorted(spans, key=lambda s: s["start_ns"])
+
+
+def test_the_drop_state_tells_completed_cancelled_and_panic():
+    exit_pending, exit_ready = [3, None, None], [1, None, None]
+    hits = [
+        # completed: two polls, Ready at 112, dropped right after
+        (100, POLL, 1, 0xA00, 0), (101, POLL_EXIT, 1, 0xA00, exit_pending),
+        (110, POLL, 2, 0xA00, 3), (112, POLL_EXIT, 2, 0xA00, exit_ready),
+        (113, DROP, 2, 0xA00, 1),
+        # aborted: suspended at its await when its JoinHandle is dropped
+        (200, POLL, 1, 0xB00, 0), (201, POLL_EXIT, 1, 0xB00, exit_pending),
+        (250, DROP, 2, 0xB00, 3),
+        # panicked inside its second poll (no RET), dropped by the runtime after unwinding
+        (300, POLL, 1, 0xC00, 0), (301, POLL_EXIT, 1, 0xC00, exit_pending),
+        (310, POLL, 1, 0xC00, 3), (315, DROP, 1, 0xC00, 2),
+    ]
+    for gdb in (False, True):
+        got = [(s["future"], s["end_ns"], s["polls"], s["status"]) for s in run_d(hits, gdb)]
+        assert got == [("0xa00", 112, 2, "completed"), ("0xb00", 250, 1, "cancelled"),
+                       ("0xc00", 315, 2, "panic")], gdb
+
+
+def test_a_drop_state_that_disagrees_gives_no_status():
+    pending = [3, None, None]
+    hits = [
+        # Panicked, yet its last poll returned: not told
+        (100, POLL, 1, 0xA00, 0), (101, POLL_EXIT, 1, 0xA00, pending), (102, DROP, 1, 0xA00, 2),
+        # A value the body does not have (it has states 0 to 3)
+        (200, POLL, 1, 0xB00, 0), (201, POLL_EXIT, 1, 0xB00, pending), (202, DROP, 1, 0xB00, 7),
+        # Unreadable at the drop
+        (300, POLL, 1, 0xC00, 0), (301, POLL_EXIT, 1, 0xC00, pending),
+        (302, DROP, 1, 0xC00, None),
+        # Suspended, but dropped inside a poll that never returned
+        (400, POLL, 1, 0xD00, 0), (402, DROP, 1, 0xD00, 3),
+    ]
+    got = [(s["future"], s["end_ns"], s["status"]) for s in run_d(hits)]
+    assert got == [("0xa00", 101, None), ("0xb00", 201, None), ("0xc00", 301, None),
+                   ("0xd00", 402, None)]
+
+
+def test_rust_drop_fetchargs_and_values():
+    assert decoders.rust_fetchargs("rust-drop:178:1:4", DROP) == \
+        ["fut=%di:u64", "st=+178(%di):u8"]
+    assert decoders.rust_from_fetched("rust-drop:178:1:4", DROP, {"fut": 0xA00, "st": 3},
+                                      True) == (0xA00, 3)
+    assert decoders.rust_from_fetched(None, DROP, {"fut": 0xA00}, True) == (0xA00, None)
+    memory = {0xA00 + 178: b"\x01"}
+    assert decoders.drop_state("rust-drop:178:1:4", lambda a, n: memory[a], 0xA00) == 1
+    assert decoders.drop_state(None, lambda a, n: memory[a], 0xA00) is None
+    said = {v: decoders.ended_by_state("rust-drop:178:1:4", v) for v in (0, 1, 2, 3, 4, None)}
+    assert said == {0: "cancelled", 1: "completed", 2: "panic", 3: "cancelled", 4: None,
+                    None: None}
+    # A drop with no state decoder says nothing.
+    assert decoders.ended_by_state(None, 1) is None

@@ -325,15 +325,22 @@ def _fetched_error(field: Field, f: dict, n: str, mem: GoMemory, capture: bool,
 #   rust-poll-rdi:OFF:SIZE   the same with `self` in RDI (the Poll fits in RAX:RDX)
 #   rust-poll-exit:OFF:SIZE:N:MODE  a poll's RET: the returned Poll's first N bytes, through
 #                            RAX (MODE m: RAX points at it) or in RAX:RDX (MODE r)
-# A drop (role "drop") has no decoder: its `self` is RDI.
+#   rust-drop:OFF:SIZE:N     a drop, `self` in RDI: the state of the body a wrapper future
+#                            holds, where its poll and drop agree on it
+#                            (tracer.binary.async_state); N states: 0, 1, 2, 3..N-1
+# A drop with no decoder reads nothing but its `self`.
 # The values (the hit line's `value`, the same from every backend):
 #   entry: the state, or [state, namespace, name] at a first poll (state 0) whose object the
 #          layout says how to read (tracer.probes.rust_dwarf.request_layout), or None
 #   exit:  [state after or None, the returned Poll's first N bytes (hex) or None, message]
+#   drop:  the state (rust-drop), else None
 # The future's address is the hit's key (`goid`). A uprobe at a RET has lost `self` (and so
 # the state after the poll): its hit has no future, and tracer.session.async_pairing pairs it
 # with its thread's innermost open poll; the Poll's bytes then say Ready or Pending.
 RUST_POLL = "rust-poll"
+RUST_DROP = "rust-drop"
+# rustc's coroutine states (tracer.binary.async_state checks them on the binary).
+STATE_UNRESUMED, STATE_RETURNED, STATE_PANICKED, STATE_FIRST_SUSPENDED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -344,13 +351,18 @@ class RustPoll:
     state_size: int | None
     result_bytes: int = 0  # exit: bytes of the returned Poll to read (0: not decoded)
     mode: str = "r"  # exit: "m" RAX points at the Poll, "r" the Poll is RAX:RDX
+    drop: bool = False  # rust-drop: the state at the future's drop
+    states: int | None = None  # rust-drop: how many states the body has
 
 
 def rust_poll(decoder: str | None) -> RustPoll | None:
-    """The parsed rust-poll decoder, or None for any other name."""
-    if not decoder or not decoder.startswith(RUST_POLL):
+    """The parsed rust-poll or rust-drop decoder, or None for any other name."""
+    if not decoder or not decoder.startswith((RUST_POLL, RUST_DROP)):
         return None
     kind, *parts = decoder.split(":")
+    if kind == RUST_DROP:
+        offset, size, states = (int(p) for p in (parts + ["0", "1", "0"][len(parts):])[:3])
+        return RustPoll(False, "rdi", offset, size, drop=True, states=states)
     parts += ["-", "-", "0", "r"][len(parts):]
     offset = None if parts[0] == "-" else int(parts[0])
     size = None if parts[1] == "-" else int(parts[1])
@@ -384,7 +396,12 @@ def rust_fetchargs(decoder: str | None, role: str, request: dict | None = None,
     layout (DWARF) says how to read them. `self_reg` puts `self` elsewhere (the calibration's
     buffer)."""
     if role == "drop":
-        return [f"fut={_tracefs_reg(self_reg or 'rdi')}:u64"]
+        me = _tracefs_reg(self_reg or "rdi")
+        drop = rust_poll(decoder)
+        if drop is None or not drop.drop or drop.state_offset is None:
+            return [f"fut={me}:u64"]
+        return [f"fut={me}:u64",
+                f"st=+{drop.state_offset}({me}):{_SIZES.get(drop.state_size or 1, 'u8')}"]
     spec = rust_poll(decoder)
     if spec is None:
         return []
@@ -422,7 +439,7 @@ def rust_from_fetched(decoder: str | None, role: str, f: dict, capture: bool,
     """(the future, the value as gdb's hit handler gives it) from one uprobe record's fields
     (`rust_fetchargs`' names). At a RET the future is None (see above)."""
     if role == "drop":
-        return f.get("fut"), None
+        return f.get("fut"), f.get("st")
     spec = rust_poll(decoder)
     if spec is None:
         return f.get("fut"), None
@@ -447,6 +464,33 @@ def rust_from_fetched(decoder: str | None, role: str, f: dict, capture: bool,
             names.append(_text(f[n], f[n + "l"]) if some else None)
         return f["fut"], [state, *names]
     return f["fut"], state
+
+
+def drop_state(decoder: str | None, read: Callable[[int, int], bytes], future: int | None
+               ) -> int | None:
+    """The state a rust-drop decoder reads at a drop (gdb's hit handler: `read(addr, size)`
+    the operator's memory); None for a drop without one."""
+    spec = rust_poll(decoder)
+    if spec is None or not spec.drop or spec.state_offset is None or not future:
+        return None
+    return int.from_bytes(read(future + spec.state_offset, spec.state_size or 1), "little")
+
+
+def ended_by_state(decoder: str | None, state: int | None) -> str | None:
+    """What a future's state at its drop says of it, by rustc's coroutine states as the
+    binary was checked to use them (tracer.binary.async_state): "completed" (Returned),
+    "panic" (Panicked), "cancelled" (Unresumed or suspended at an await: dropped before it
+    completed), or None (no state, or a value the body does not have)."""
+    spec = rust_poll(decoder)
+    if spec is None or not spec.drop or state is None or spec.states is None:
+        return None
+    if state == STATE_RETURNED:
+        return "completed"
+    if state == STATE_PANICKED:
+        return "panic"
+    if state == STATE_UNRESUMED or STATE_FIRST_SUSPENDED <= state < spec.states:
+        return "cancelled"
+    return None
 
 
 def rust_variant(enum: dict, data: bytes) -> str | None:

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import re
 
-from pydemumble import demangle
-
 from tracer.binary.analyze import read_function_code
+from tracer.binary.async_state import BodyState, body_state, demangled
 from tracer.binary.disasm import iter_instructions, native_entry, return_addresses
 from tracer.binary.model import BinaryInfo, Function
 from tracer.binary.vtables import vtable_methods
 from tracer.errors import UserError
+from tracer.probes.decoders import RUST_DROP
 from tracer.probes.plan import (
     DROP,
     KEY_FUTURE,
@@ -63,13 +63,6 @@ MAX_REGISTER_RETURN = 16
 MAX_RESULT_BYTES = 64
 # The state dispatch is among the first instructions of the poll.
 STATE_SCAN_INSNS = 40
-
-
-def demangled(name: str) -> str:
-    """Rust symbols (legacy `_ZN..17h<hash>E` and v0 `_R..`) as Rust writes them, hash-free."""
-    if name.startswith(("_ZN", "_R")):
-        return demangle(name)
-    return name
 
 
 def is_drop(name: str) -> bool:
@@ -307,6 +300,18 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
             # drop's type names (`match`).
             name = async_fn_name(_body_in(drop[1], spec.match, spec) or poll_name)
         layout = FutureLayout.of(info, fn)
+        drop_decoder = None
+        if layout.state_offset is None and drop is not None and not _is_body(fn, spec):
+            # A wrapper's poll that holds the inlined body: its state where the wrapper's
+            # poll and drop agree on it (tracer.binary.async_state), read at the drop too.
+            found = body_state(info, fn, drop[0], "rsi" if layout.self_in_rsi else "rdi",
+                               lambda glue: is_drop(glue) and _held(dropped_type(glue),
+                                                                    spec.match) is not None)
+            if isinstance(found, BodyState):
+                layout.state_offset, layout.state_source = found.offset, found.describe()
+                drop_decoder = f"{RUST_DROP}:{found.offset}:1:{found.states}"
+            else:
+                layout.state_why = found
         state = "-:-" if layout.state_offset is None else \
             f"{layout.state_offset}:{layout.state_size}"
         exit_decoder = f"rust-poll-exit:{state}:{layout.result_bytes}:{layout.result_mode}"
@@ -322,7 +327,8 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
             plan.notes.append(f"no RET found in {poll_name}: its polls cannot be timed")
         plan.points.extend(_point(addr, name, POLL_EXIT, exit_decoder, span) for addr in rets)
         if drop is not None:
-            plan.points.append(_point(native_entry(info, drop[0]), name, DROP, None, span))
+            plan.points.append(_point(native_entry(info, drop[0]), name, DROP, drop_decoder,
+                                      span))
         elif layout.state_offset is None and layout.result is None:
             raise UserError(
                 f"{poll_name}: neither its future's state (no DWARF, no state dispatch found) "
@@ -340,6 +346,12 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
     return list(dict.fromkeys(names))
 
 
+def _is_body(fn: Function, spec: FunctionSpec) -> bool:
+    """Whether the poll is the async body's own (not a wrapper's that inlined it)."""
+    name = demangled(fn.name)
+    return bool((spec.poll or spec.match).search(name)) or name.startswith(f"<{GEN_FUTURE}")
+
+
 def _point(addr: int, name: str, role: str, decode: str | None, span: str) -> Point:
     return Point(addr, name, role, KEY_FUTURE, decode, span)
 
@@ -351,6 +363,7 @@ class FutureLayout:
         self.state_offset: int | None = None
         self.state_size = 1
         self.state_source = "none"
+        self.state_why: str | None = None  # why a wrapper's state was not taken
         self.result: dict | None = None
         self.result_bytes = 0
         self.result_mode = "r"
@@ -361,11 +374,15 @@ class FutureLayout:
     def describe(self, dwarf: bool = True) -> str:
         where = ("state unknown: ended by its drop" if self.state_offset is None else
                  f"state at +{self.state_offset:#x} ({self.state_source})")
+        if self.state_offset is None and self.state_why:
+            where += f" (not read: {self.state_why})"
         said = "; result not readable"
         if not dwarf:
             said = ("; no DWARF: Ok/Err, the requeue, the error and the object are not read"
-                    + ("" if self.state_offset is not None else
-                       " (status ok: it ended, Ready or dropped between polls, not told apart)"))
+                    + ("; status completed, cancelled (dropped between polls: an aborted task) "
+                       "or panic, from the state" if self.state_offset is not None else
+                       "; status null: it ended, Ready or dropped between polls (an aborted "
+                       "task), not told apart"))
         if self.result:
             said = "; Ok/Err read from DWARF; " + (
                 "the requeue too (kube-runtime's Action); " if self.result.get("requeue")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tracer.probes.decoders import ended_by_state, rust_poll
 from tracer.probes.plan import DROP, POLL, POLL_EXIT, SPAN_STEP
 
 UNRESUMED, RETURNED, PANICKED = 0, 1, 2
@@ -44,6 +45,7 @@ class OpenFuture:
     state_known: bool = False  # the agent reads the state byte: the drop is not the end
     end_known: bool = False  # a poll's return tells Ready (state after, or the Poll's bytes)
     request: dict | None = None  # the object (namespace, name), read at the first poll
+    untold: bool = False  # how it ended is not known for sure: status null
 
 
 class AsyncPairer:
@@ -155,10 +157,31 @@ class AsyncPairer:
         if call is None:
             return  # it finished at its last poll, as futures do
         self.pairer.stats.ended_by_marker += 1
-        if (not call.state_known or not call.end_known) and call.poll_start is None \
-                and call.last_exit_ns is not None:
+        between = call.poll_start is None and call.last_exit_ns is not None
+        spec = rust_poll(hit.point.decode)
+        if spec is not None and spec.drop:
+            # The drop reads the state (a wrapper's inlined body, tracer.binary.async_state):
+            # Returned after its last poll: completed there; Unresumed or suspended between
+            # polls: cancelled (an aborted task); Panicked inside a poll that never returned:
+            # panic. Anything else (no value, or the polls seen say otherwise): not told.
+            said = ended_by_state(hit.point.decode, hit.value if isinstance(hit.value, int)
+                                  else None)
+            if said == "completed" and between:
+                self._end(call, call.last_exit_ns)
+            elif said == "cancelled" and between:
+                call.outcome = ("cancelled", None, None)
+                self._end(call, hit.ts)
+            elif said == "panic" and call.poll_start is not None:
+                call.outcome = ("panic", None, None)
+                self._end(call, hit.ts)
+            else:
+                call.untold = True
+                self._end(call, call.last_exit_ns if between else hit.ts)
+            return
+        if (not call.state_known or not call.end_known) and between:
             # Neither the state nor the Poll says whether its last poll completed it: it
-            # ended with its last poll, Ready or cancelled (not told apart).
+            # ended with its last poll, Ready or cancelled (not told apart: status null).
+            call.untold = True
             self._end(call, call.last_exit_ns)
         elif call.poll_start is not None:
             # Dropped inside a poll that never returned: the poll panicked and unwound.
@@ -227,13 +250,17 @@ class AsyncPairer:
             "result": None,
             "error": None,
         }
-        status = "ok"
+        # Ready with Ok/Err not read (no layout): "completed", never "ok".
+        status: str | None = "completed"
         if end_ns is None:
             status = "unfinished"
+        elif call.untold:
+            status = None
         elif call.outcome is not None:
             ok, error, message = call.outcome
             if ok is True:
                 span["result"] = {"ok": True, **(message or {})}
+                status = "ok"
             elif ok is False:
                 span["error"] = {"type": error, "message": message}
                 status = "error"

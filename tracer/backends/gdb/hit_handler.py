@@ -264,6 +264,8 @@ class Agent:
         return self.mem.string(ptr, length, limit)
 
     def decode(self, reg, decoder: str):
+        if decoder.startswith(decoders.RUST_DROP):
+            return decoders.drop_state(decoder, self.read, self.current_future)
         if decoder.startswith("rust-poll"):
             return self.rust_poll(reg, decoder)
         return decoders.decode(decoder, reg, self.mem)
