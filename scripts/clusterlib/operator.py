@@ -126,6 +126,24 @@ def _container_problem(pod: dict) -> str | None:
     return None
 
 
+# Pod events the kubelet repeats while it retries something that will keep failing: the pod
+# sandbox (runc, CNI) or a volume. After this many, their message is the reason.
+FATAL_EVENTS = {"FailedCreatePodSandBox": 2, "FailedMount": 3}
+
+
+def _event_problem(api: Api, namespace: str, pod: dict) -> str | None:
+    uid = pod.get("metadata", {}).get("uid")
+    if not uid:
+        return None
+    events = api.get(f"/api/v1/namespaces/{namespace}/events"
+                     f"?fieldSelector=involvedObject.uid%3D{uid}").get("items", [])
+    for e in events:
+        need = FATAL_EVENTS.get(e.get("reason", ""))
+        if need and e.get("type") == "Warning" and (e.get("count") or 1) >= need:
+            return f"{e['reason']}: {e.get('message', '').strip()}"
+    return None
+
+
 def wait_running(api: Api, namespace: str, name: str, timeout: float = 90,
                  settle: float = 2.0) -> dict:
     """Until the container runs and is still running SETTLE seconds later (an operator that
@@ -136,7 +154,7 @@ def wait_running(api: Api, namespace: str, name: str, timeout: float = 90,
     pod: dict = {}
     while time.monotonic() < deadline:
         pod = api.get(path)
-        problem = _container_problem(pod)
+        problem = _container_problem(pod) or _event_problem(api, namespace, pod)
         if problem:
             raise PodFailed(f"pod {namespace}/{name}: {problem}")
         statuses = pod.get("status", {}).get("containerStatuses", [])
