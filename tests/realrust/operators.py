@@ -9,12 +9,16 @@ ground truth. No tracer here.
   start_operator(binary, kubeconfig, truth, namespace=...) -> RustOperator
                                   .pid .records() .end() .stop(); "ready" waited for
   drive(api_client, namespace) -> Workload   create, change and delete Widgets
+  create(api_client, namespace, widget), patch_spec(api_client, namespace, name, spec)
   expected(widget, namespace) -> {"status", "error", "error_variant", "requeue_ns"}
 
 The operator's ground truth (one JSON line per reconcile future it polled): namespace, name,
 start_ns / end_ns (CLOCK_MONOTONIC at the first poll and at completion or drop), polls and the
-thread of each, status ok/error/cancelled, the error's Display text and variant, requeue_ns,
-`at` (an address inside the reconcile's future).
+thread of each, status ok/error/cancelled (cancelled: dropped before it completed, kube-runtime
+aborting its task; end_ns at the drop), the error's Display text and variant, requeue_ns, `at`
+(an address inside the reconcile's future). Also `started` lines (each first poll, at once) and
+`restart` lines (SIGUSR1: the operator drops its Controller, which aborts every running
+reconcile, and starts a new one).
 """
 
 from __future__ import annotations
@@ -108,6 +112,14 @@ class RustOperator:
 
     def records(self) -> list[dict]:
         return [r for r in read_jsonl(self.truth) if "seq" in r]
+
+    def started(self) -> list[dict]:
+        """The first polls said at once (`{"started": true, namespace, name, start_ns, at}`)."""
+        return [r for r in read_jsonl(self.truth) if r.get("started")]
+
+    def restarts(self) -> list[dict]:
+        """SIGUSR1's Controller restarts (`{"restart": N, "ts_ns"}`)."""
+        return [r for r in read_jsonl(self.truth) if "restart" in r]
 
     def end(self) -> dict | None:
         return next((r for r in read_jsonl(self.truth) if r.get("end")), None)
@@ -205,6 +217,19 @@ class Workload:
 
 def _custom(api_client) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client)
+
+
+def create(api_client: client.ApiClient, namespace: str, widget: Widget,
+           message: str = "first") -> None:
+    _custom(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL,
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": widget.name},
+         "spec": widget.spec(message)})
+
+
+def patch_spec(api_client: client.ApiClient, namespace: str, name: str, spec: dict) -> None:
+    _custom(api_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                       {"spec": spec})
 
 
 def drive(api_client: client.ApiClient, namespace: str, widgets: list[Widget] | None = None,

@@ -19,7 +19,16 @@ from tracer.binary.analyze import analyze
 from tracer.probes.compile import compile_plan
 from tracer.targets.process import altered_code, load_bias
 
-from .operators import BUILDS, RECONCILE, default_widgets, drive, expected
+from .operators import (
+    BUILDS,
+    RECONCILE,
+    Widget,
+    create,
+    default_widgets,
+    drive,
+    expected,
+    patch_spec,
+)
 
 # Recorded (the ground truth's wrapper) lies inside the reconcile's future, a few KB at most
 # from the start of the future the tracer keys the span by (kube-runtime's Instrumented).
@@ -55,14 +64,18 @@ def match(truth: list[dict], spans: list[dict]) -> dict[int, dict]:
     """Each true reconcile to the span whose future holds it and whose time holds its time.
     Recorded lies inside the future at one fixed offset (the future's layout is the same for
     every reconcile); tasks are separate allocations, so the nearest future below Recorded is
-    its own: every match must then show the same offset, and no span may hold two."""
+    its own: every match must then show the same offset, and no span may hold two. A
+    cancelled reconcile's end is Recorded's drop, inside the future's: its span ends at the
+    future's drop, between its first poll and that."""
     matched: dict[int, dict] = {}
     offsets = set()
     for call in truth:
         at = int(call["at"], 16)
         found = [s for s in spans if s["end_ns"] is not None
                  and 0 <= at - int(s["future"], 16) < NEAR
-                 and s["start_ns"] <= call["start_ns"] and call["end_ns"] <= s["end_ns"]]
+                 and s["start_ns"] <= call["start_ns"]
+                 and (call["end_ns"] <= s["end_ns"] or call["status"] == "cancelled"
+                      and call["start_ns"] <= s["end_ns"] <= call["end_ns"])]
         assert found, f"{call} is in no span"
         span = min(found, key=lambda s: at - int(s["future"], 16))
         offsets.add(at - int(span["future"], 16))
@@ -94,6 +107,9 @@ def test_every_reconcile_once(build, backend, rust_operator, rust_namespace, rus
     assert {s["function"] for s in spans} == {RECONCILE}
     reads_result = any("Ok/Err read from DWARF" in n for n in header["notes"])
     assert reads_result == BUILDS[build].dwarf, header["notes"]
+    reads_state = any("status completed, cancelled" in n and "state at +0xb2" in n
+                      for n in header["notes"])
+    assert reads_state == (not BUILDS[build].dwarf), header["notes"]
     moved = 0
     for call in truth:
         span = matched[call["seq"]]
@@ -116,7 +132,8 @@ def test_every_reconcile_once(build, backend, rust_operator, rust_namespace, rus
                 # What Display prints is code of thiserror's: not given (never a guess).
                 assert span["error"]["message"] is None
         else:
-            assert span["status"] == "ok", span
+            # Ok/Err is not read, but the wrapper's state says the future completed.
+            assert span["status"] == "completed", span
             assert span["result"] is None and span["error"] is None
             assert span["request"] is None
     assert moved, "no reconcile moved between threads: the test proves nothing about it"
@@ -132,3 +149,80 @@ def assert_untouched(op) -> None:
     plan = compile_plan(info)
     bias = load_bias(op.pid, str(op.binary), info.pie)
     assert altered_code(op.pid, str(op.binary), plan.breakpoint_addresses(0), bias) == []
+
+
+SLOW_MS = 600_000  # a timer no test waits for: the reconcile is surely at its await
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_aborted_reconciles(build, backend, rust_operator, rust_namespace, rust_cluster,
+                            tracer_cmd, tmp_path):
+    """kube-runtime aborts a reconcile when its task's JoinHandle is dropped: the operator
+    drops its Controller on SIGUSR1 (a leader lease lost) while two reconciles await a long
+    timer, and starts a new one. The operator's own Recorded sees each aborted future dropped
+    (cancelled) and each other one complete; the span's status says the same: cancelled, and
+    completed (release: the wrapper's state read at its drop or after its poll) or ok/error
+    (debug: DWARF)."""
+    api = rust_cluster.api_client
+    op = rust_operator(build, rust_namespace)
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
+                     "--max-stopped", "off", "--backend", backend)
+    header = wait_for_header(trace, run)
+    opened = time.monotonic_ns()
+    slow = [Widget(f"a{i}-slow", delay_ms=SLOW_MS) for i in range(2)]
+    quick = [Widget("a-ok"), Widget("a-quick", delay_ms=0), Widget("a-fail", fail="quota")]
+    for w in slow + quick:
+        create(api, rust_namespace, w)
+    names = {w.name for w in slow + quick}
+    wait_until(lambda: {r["name"] for r in op.started()} >= {w.name for w in slow}
+               and {r["name"] for r in op.records()} >= {w.name for w in quick}, 60,
+               "the slow reconciles to start and the quick ones to finish")
+    # Their next reconcile (the new Controller's) takes no time.
+    for w in slow:
+        patch_spec(api, rust_namespace, w.name, {"delayMs": 0})
+    os.kill(op.pid, signal.SIGUSR1)
+    wait_until(lambda: op.restarts(), 30, "the operator to restart its Controller")
+    restarted = op.restarts()[0]["ts_ns"]
+    wait_until(lambda: {r["name"] for r in op.records() if r["status"] == "cancelled"}
+               >= {w.name for w in slow}
+               and {r["name"] for r in op.records() if r["start_ns"] > restarted
+                    and r["status"] != "cancelled"} >= names, 60,
+               "the slow reconciles aborted and every Widget reconciled again")
+    closed = time.monotonic_ns()
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    end = records[-1]
+    assert end["type"] == "end" and end["reason"] == "SIGINT"
+    spans = [r for r in records if r["type"] == "span"]
+    truth = [r for r in op.records() if opened <= r["start_ns"] and r["end_ns"] <= closed]
+    aborted = [r for r in truth if r["status"] == "cancelled"]
+    # The slow ones at least (a quick one reconciled again, for its ConfigMap's event, may be
+    # running too when the Controller goes).
+    assert {r["name"] for r in aborted} >= {w.name for w in slow}, aborted
+    assert all(r["end_ns"] > restarted for r in aborted)
+    matched = match(truth, spans)
+    dwarf = BUILDS[build].dwarf
+    for call in truth:
+        span = matched[call["seq"]]
+        assert span["polls"] == call["polls"] and span["threads"] == call["threads"], \
+            (call, span)
+        if call["status"] == "cancelled":
+            want = "cancelled"
+        else:
+            want = call["status"] if dwarf else "completed"
+        assert span["status"] == want, (call, span)
+        if want == "cancelled":
+            assert span["result"] is None and span["error"] is None
+            # Ended at the future's drop: after its last poll, before Recorded's drop.
+            assert span["end_ns"] <= call["end_ns"]
+    inside = [s for s in spans if opened <= s["start_ns"] and s["end_ns"] is not None
+              and s["end_ns"] <= closed]
+    assert {s["id"] for s in inside} <= {s["id"] for s in matched.values()}
+    assert header["backend"] == backend
+    assert end["pairing"]["orphan_exits"] == 0
+    print(f"{build}/{backend}: {len(aborted)} aborted, {len(truth) - len(aborted)} completed")
+    assert end["code_restored"] is True
+    assert_untouched(op)

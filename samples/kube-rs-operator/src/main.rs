@@ -11,6 +11,12 @@
 //! the same count); `at` is Recorded's address, which lies inside the reconcile's future (and
 //! so inside the tokio task that holds it).
 //!
+//! A reconcile aborted by kube-runtime (its task's JoinHandle dropped, the future dropped at
+//! its await) is recorded by Recorded's Drop with status "cancelled" and end_ns at the drop.
+//! Each reconcile's first poll also writes a `{"started": true, ...}` line at once.
+//! SIGUSR1 stops the Controller and starts a new one (a leader lease lost and won back): every
+//! reconcile running then is aborted; a `{"restart": N, "ts_ns"}` line says when.
+//!
 //! Flags: --kubeconfig PATH (else KUBECONFIG / in-cluster), --ground-truth PATH,
 //! --namespace NS (default: all), --concurrency N (default 4), --threads N (tokio workers,
 //! default 2), --print-crd (the CRD as JSON, then exit). Prints "ready" once the Widget
@@ -140,6 +146,14 @@ impl<F: Future<Output = Result<Action, Error>>> Future for Recorded<F> {
         let this = self.get_mut();
         if this.threads.is_empty() {
             this.start_ns = monotonic_ns();
+            // Said at once, for a test to know the reconcile is running (one to abort).
+            this.ctx.write(json!({
+                "started": true,
+                "namespace": this.namespace,
+                "name": this.name,
+                "start_ns": this.start_ns,
+                "at": format!("0x{:x}", this as *const _ as usize),
+            }));
         }
         this.threads.push(gettid());
         match this.inner.as_mut().poll(cx) {
@@ -154,6 +168,8 @@ impl<F: Future<Output = Result<Action, Error>>> Future for Recorded<F> {
     }
 }
 
+// Dropped before it completed: the reconcile's future was dropped between polls (kube-runtime
+// aborts the task when its JoinHandle is dropped) — "cancelled", at the drop.
 impl<F> Drop for Recorded<F> {
     fn drop(&mut self) {
         if !self.done && !self.threads.is_empty() {
@@ -340,33 +356,47 @@ async fn run(args: Args) -> i32 {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(widgets, watcher::Config::default())
-        .owns(configmaps, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(args.concurrency));
-    let store = controller.store();
-    let ready = async move { store.wait_until_ready().await };
-    tokio::pin!(ready);
     let mut said_ready = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
-    let stream = controller.run(reconcile, error_policy, ctx.clone());
-    tokio::pin!(stream);
-    loop {
-        tokio::select! {
-            item = stream.next() => match item {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => eprintln!("reconcile failed: {e}"),
-                None => break,
-            },
-            result = &mut ready, if !said_ready => {
-                said_ready = true;
-                if result.is_ok() {
-                    println!("ready");
-                    let _ = std::io::stdout().flush();
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .expect("SIGUSR1 handler");
+    let mut restarts = 0u64;
+    'controller: loop {
+        let controller = Controller::new(widgets.clone(), watcher::Config::default())
+            .owns(configmaps.clone(), watcher::Config::default())
+            .with_config(ControllerConfig::default().concurrency(args.concurrency));
+        let store = controller.store();
+        let ready = async move { store.wait_until_ready().await };
+        tokio::pin!(ready);
+        let stream = controller.run(reconcile, error_policy, ctx.clone());
+        tokio::pin!(stream);
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => eprintln!("reconcile failed: {e}"),
+                    None => break 'controller,
+                },
+                result = &mut ready, if !said_ready => {
+                    said_ready = true;
+                    if result.is_ok() {
+                        println!("ready");
+                        let _ = std::io::stdout().flush();
+                    }
                 }
+                // SIGUSR1: stop this Controller and start a new one, as an operator does that
+                // loses its leader lease and wins it back. Dropping the Controller's stream
+                // drops its runner's CancelableJoinHandles, which abort every reconcile task
+                // still running (kube-runtime 5.0.0, utils::CancelableJoinHandle).
+                _ = usr1.recv() => {
+                    restarts += 1;
+                    ctx.write(json!({"restart": restarts, "ts_ns": monotonic_ns()}));
+                    break;
+                }
+                _ = term.recv() => break 'controller,
+                _ = tokio::signal::ctrl_c() => break 'controller,
             }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
         }
     }
     let n = ctx.seq.load(Ordering::Relaxed);
