@@ -63,7 +63,15 @@ class BinaryInfo:
     go_modules: dict[str, str] = field(default_factory=dict)
     entry_point: int = 0  # ELF e_entry
     segments: tuple[Segment, ...] = field(default=(), repr=False)
+    # The name to show when `path` is /proc/PID/exe: what the link points at, which may not
+    # exist in this mount namespace (an agent's container, a pod's root), so never opened.
+    shown: str | None = None
     _by_name: dict[str, Function] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The binary as messages name it."""
+        return self.shown or self.path
 
     def function_named(self, name: str) -> Function | None:
         """Exact-name lookup (first function with that name)."""

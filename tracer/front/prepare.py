@@ -41,8 +41,7 @@ def read_binary(path: str, shown: str | None = None) -> BinaryInfo:
             raise UserError(f"process {pid} exited while the tracer was reading its "
                             "program: nothing was traced") from None
         raise UserError(f"cannot read {shown or path}: {exc.strerror or exc}") from None
-    if shown:
-        info.path = shown
+    info.shown = shown
     return info
 
 
@@ -64,9 +63,9 @@ def prepare_process(pid: int, trace: TraceOptions, tags: dict | None = None) -> 
     """A running process: its program read through /proc/PID/exe."""
     proc = inspect_process(pid)
     info = read_binary(proc.exe, shown=proc.exe_target)
+    # /proc/PID/exe (info.path) reads the very file the process runs, even across mount
+    # namespaces; the path it links to is only shown.
     plan = plan_for(info, trace)
-    # /proc/PID/exe reads the very file the process runs, even across mount namespaces.
-    info.path = plan.binary = proc.exe
     return Prepared(Target(pid=pid, name=proc.name, exe=proc.exe_target, tags=tags), info,
                     plan)
 

@@ -103,13 +103,13 @@ def check(target: str, only: str | None) -> None:
     info = binary_of(target)
     probes_found = [library.resolve(only)] if only else library.load_all()
     best = library.choose(info, probes_found)
-    echo(f"# {info.path}: {_facts(info)}")
+    echo(f"# {info.name}: {_facts(info)}")
     for probe in sorted(probes_found, key=lambda p: (p is not (best and best.probe), p.name)):
         m = library.match(probe, info)
         mark = "*" if best is not None and probe is best.probe else " "
         head = f"{mark} {probe.name}  {_shown(probe.path)}"
         if probe.language != library.language_of(info):
-            echo(f"{head}: for {probe.language} code, {info.path} is "
+            echo(f"{head}: for {probe.language} code, {info.name} is "
                        f"{library.language_of(info)}")
             continue
         if not m.reconciles:

@@ -24,7 +24,7 @@ def symbols(target: str, regex: str | None) -> None:
     functions = find_functions(info, regex) if regex else info.functions
     if regex and not functions:
         near = ", ".join(nearest_names(info, regex)) or "none"
-        raise UserError(f"no function matches {regex!r} in {info.path}; nearest: {near}")
+        raise UserError(f"no function matches {regex!r} in {info.name}; nearest: {near}")
     facts = [info.language]
     if info.go_version:
         facts.append(info.go_version)
@@ -35,7 +35,7 @@ def symbols(target: str, regex: str | None) -> None:
         facts.append(f"probe {best.probe.name}")
     reconciles = set(best.reconciles) if best else set()
     others = set(best.others) if best else set()
-    echo(f"# {info.path}: {', '.join(facts)}; {len(functions)} function(s)")
+    echo(f"# {info.name}: {', '.join(facts)}; {len(functions)} function(s)")
     demangle = None
     if info.language == "rust":
         # As Rust writes them (and as rust-async probes match them), not mangled.

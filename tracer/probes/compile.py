@@ -32,7 +32,7 @@ def _adhoc(info: BinaryInfo, symbol: str) -> list[tuple[Function, FunctionSpec]]
     found = find_functions(info, symbol)
     if not found:
         near = ", ".join(nearest_names(info, symbol)) or "none"
-        raise UserError(f"no function matches {symbol!r} in {info.path}; nearest: {near}")
+        raise UserError(f"no function matches {symbol!r} in {info.name}; nearest: {near}")
     if len(found) > MAX_FUNCTIONS:
         raise UserError(
             f"{symbol!r} matches {len(found)} functions (at most {MAX_FUNCTIONS}): "
@@ -57,7 +57,7 @@ def _from_probe(info: BinaryInfo, probe: ProbeSpec) -> list[tuple[Function, Func
     lang = library.language_of(info)
     if probe.language != lang:
         raise UserError(f"probe {probe.name} ({probe.path}) is for {probe.language} code and "
-                        f"{info.path} is {lang}")
+                        f"{info.name} is {lang}")
     out: list[tuple[Function, FunctionSpec]] = []
     seen: set[str] = set()
     for fs in probe.functions:
@@ -68,7 +68,7 @@ def _from_probe(info: BinaryInfo, probe: ProbeSpec) -> list[tuple[Function, Func
                 seen.add(fn.name)
                 out.append((fn, fs))
     if len(out) > MAX_FUNCTIONS:
-        raise UserError(f"probe {probe.name} matches {len(out)} functions in {info.path} (at "
+        raise UserError(f"probe {probe.name} matches {len(out)} functions in {info.name} (at "
                         f"most {MAX_FUNCTIONS}): make its regexes narrower ({probe.path})")
     return out
 
@@ -79,7 +79,7 @@ def compile_plan(info: BinaryInfo, symbol: str | None = None, capture_args: bool
     neither it nor `symbol`, the best-matching known probe is chosen (said in the notes)."""
     if info.language != "go" and not info.has_symtab:
         raise UserError(
-            f"{info.path} is stripped and is not a Go binary: its functions have no names to "
+            f"{info.name} is stripped and is not a Go binary: its functions have no names to "
             "trace; use a build with a symbol table"
         )
     if symbol is not None and probe is not None:
@@ -118,8 +118,8 @@ def compile_plan(info: BinaryInfo, symbol: str | None = None, capture_args: bool
         reconciles = [fn for fn, fs in functions if fs.role == spec.ROLE_RECONCILE]
         if not reconciles + _compile_async(info, spec_probe, plan):
             raise UserError(
-                f"probe {spec_probe.name} matches no reconcile function in {info.path}; "
-                f"see `tracer probes check {info.path}`")
+                f"probe {spec_probe.name} matches no reconcile function in {info.name}; "
+                f"see `tracer probes check {info.name}`")
     return plan
 
 
@@ -129,12 +129,12 @@ def _choose(info: BinaryInfo) -> tuple[ProbeSpec, str]:
     if best is None:
         if info.language != "go":
             raise UserError(
-                f"{info.path} is not a Go binary and no probe matches it: name the function "
-                f"to trace with --symbol REGEX (list them with `tracer symbols {info.path}`)"
+                f"{info.name} is not a Go binary and no probe matches it: name the function "
+                f"to trace with --symbol REGEX (list them with `tracer symbols {info.name}`)"
             )
         near = ", ".join(nearest_names(info, "Reconcile")) or "none"
         raise UserError(
-            f"no controller-runtime Reconcile method in {info.path}, nor any other known "
+            f"no controller-runtime Reconcile method in {info.name}, nor any other known "
             f"probe's functions (nearest: {near}); name the function with --symbol REGEX "
             "or a probe file with --probe FILE"
         )
@@ -189,7 +189,7 @@ def _compile_go(info: BinaryInfo, functions: list[tuple[Function, FunctionSpec]]
                 plan: Plan) -> None:
     if info.go_goid_offset is None:
         raise UserError(
-            f"{info.path} was built with {info.go_version or 'an unknown Go version'}, whose "
+            f"{info.name} was built with {info.go_version or 'an unknown Go version'}, whose "
             "goroutine layout the tracer does not know and the binary has no DWARF to tell it"
         )
     plan.go_goid_offset = info.go_goid_offset
