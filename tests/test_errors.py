@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
-from helpers import ROOT, TRACER, run_tracer, sample
+from helpers import ROOT, TRACER, end_process, run_tracer, sample
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
@@ -57,6 +59,36 @@ def test_no_permission_to_trace(operator, tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"},
     )
     assert_one_line_error(result, "no permission to trace")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_root_that_may_ptrace_but_not_read_memory_is_refused(tmp_path):
+    """A container that drops ALL capabilities and adds back only SYS_PTRACE: ptrace works,
+    but a non-root operator's /proc/PID/mem (mode 0600, its own) does not open, so no
+    breakpoint could be seen and the code check at detach could not run. Refused before
+    anything is attached."""
+    # pytest's folders are root's alone: the operator's ground truth goes where nobody can
+    # write.
+    folder = Path(tempfile.mkdtemp(prefix="tracer-nobody-"))
+    os.chown(folder, 65534, 65534)
+    op = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         str(sample("go1.19/sample-operator")), "-wait-signal", "-ground-truth",
+         str(folder / "truth.jsonl"), "-linger"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert op.stdout.readline().startswith("ready")
+        result = subprocess.run(
+            ["setpriv", "--bounding-set=-all,+sys_ptrace", *TRACER, "attach", str(op.pid)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert_one_line_error(result, f"no permission to read the memory of process {op.pid}",
+                              "DAC_OVERRIDE")
+        assert no_trace_files(tmp_path)
+        with open(f"/proc/{op.pid}/status") as f:
+            assert "TracerPid:\t0\n" in f.read()
+    finally:
+        end_process(op)
+        shutil.rmtree(folder)
 
 
 def test_function_matches_nothing_shows_nearest(operator, tmp_path):

@@ -77,6 +77,21 @@ def inspect_process(pid: int) -> ProcessInfo:
         ) from None
     except OSError as exc:
         raise UserError(f"cannot read the executable of process {pid}: {exc.strerror}") from None
+    try:
+        # The code check at detach reads the operator's memory here. ptrace alone does not
+        # open it: /proc/PID/mem is mode 0600 and the operator's, so a root without
+        # CAP_DAC_OVERRIDE (a container that drops ALL and adds back SYS_PTRACE) could attach
+        # and then neither see breakpoints hit nor prove the code restored.
+        with open(f"/proc/{pid}/mem", "rb"):
+            pass
+    except PermissionError:
+        raise UserError(
+            f"no permission to read the memory of process {pid} (/proc/{pid}/mem): run the "
+            "tracer as the process's user, or as root with CAP_DAC_OVERRIDE (a container "
+            "that drops ALL capabilities must add back DAC_OVERRIDE beside SYS_PTRACE)"
+        ) from None
+    except OSError:
+        pass  # gone meanwhile: the next step says so
     name = process_name(pid)
     other = tracer_pid(pid)
     if other:
