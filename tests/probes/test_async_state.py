@@ -43,6 +43,13 @@ def test_the_wrappers_poll_and_drop_agree_on_the_state(build):
     assert "state at +0xb2" in note and "status completed, cancelled" in note
 
 
+def test_the_debug_builds_dwarf_puts_the_bodys_state_where_the_glue_reads_it():
+    # The body's own poll in the debug build: DWARF's __state at +0x8a, the +Y the release
+    # builds' drop glue reads.
+    _info, plan = _plan("rust/kube-rs-operator-debug")
+    assert [p.decode for p in plan.points if p.role == POLL] == ["rust-poll:138:1"]
+
+
 def test_disagreeing_facts_give_no_state(monkeypatch):
     info, plan = _plan("rust/kube-rs-operator-release")
     roles = {p.role: p for p in plan.points}
