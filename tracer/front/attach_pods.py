@@ -22,7 +22,7 @@ def trace_local_pods(kube: KubeTargets, output: str, trace: TraceOptions,
     for container in kube.local():
         argv = [sys.executable, "-m", "tracer", "agent", *trace.agent_args(container.pid)]
         sources.append((container.target, ProcessStream(argv),
-                        {"agent": "local", "pid": container.pid}))
+                        {"kind": "local", "pid": container.pid}))
     names = ", ".join(pod.pod for pod, _, _ in sources)
     display.on_status(f"tracing {len(sources)} pods ({names}) into {output}; Ctrl-C to detach")
     run = MultiRun(sources, output, trace.duration, display.on_status)
@@ -50,7 +50,7 @@ def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, o
             display.on_status(f"{pod.pod}: waiting for the agent {agent.container} to start")
             agent_pods.wait_running(kube.conn, agent, image, timeout)
             stream = agent_pods.AttachStream(kube.conn, agent)
-            sources.append((pod, stream, {"agent": kind, "agent_pod": agent.pod,
+            sources.append((pod, stream, {"kind": kind, "agent_pod": agent.pod,
                                           "agent_container": agent.container,
                                           "pod": pod.pod, "namespace": pod.namespace}))
         watcher = kube.watcher(watch, [])

@@ -1,0 +1,431 @@
+"""`tracer attach POD` against operator pods that a real kubelet started (tests/node/cluster.py:
+etcd, kube-apiserver, containerd + runc, a bridge network, the kubelet), the way a user on a
+laptop runs it: the tracer in a PID namespace of its own (it cannot see the node's processes),
+with only a kubeconfig. The agent image is the one scripts/build-agent-image makes, imported
+into the node's containerd; it comes back through the API server's attach stream.
+
+Ground truth: the real controller-runtime operator's own record of each reconcile, written to
+a hostPath the test reads. The operator's clock and the agent's are this machine's
+CLOCK_MONOTONIC, so the window and the spans compare directly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import TRACER, read_lines, wait_for_header, wait_until
+from kube.objects import read_jsonl
+from kubernetes import client
+from realops.operators import (
+    CR_BUILDS,
+    GROUP,
+    PLURAL,
+    VERSION,
+    check_span,
+    default_plan,
+    drive_workload,
+    install_crd,
+    match,
+)
+
+import tracer
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+BUILD = CR_BUILDS["cr-operator-stripped"]
+MEMCACHED_RECONCILE = "example.com/cr-operator/internal/controller.(*MemcachedReconciler).Reconcile"
+OPERATOR_USER = 65532  # distroless's nonroot, as real operators run
+
+
+class PodOperator:
+    """The cr-operator running as a pod; its ground truth is read through a hostPath."""
+
+    def __init__(self, cluster, name: str, truth_dir: Path, namespace: str = "default") -> None:
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(truth_dir, OPERATOR_USER, OPERATOR_USER)
+        self.truth = truth_dir / "truth.jsonl"
+        self.name = name
+        self.namespace = namespace
+        self.core = client.CoreV1Api(cluster.api_client)
+        self.pod = cluster.run_operator(
+            name, BUILD.binary,
+            ["--ground-truth", "/truth/truth.jsonl", "--leader-elect=false",
+             "--max-concurrent-reconciles", "4", "--namespace", namespace],
+            mounts={str(truth_dir): "/truth"}, user=OPERATOR_USER, namespace=namespace)
+        wait_until(lambda: "ready" in self.log(), 60, f"{name} to log 'ready'")
+
+    def log(self) -> str:
+        return self.core.read_namespaced_pod_log(self.name, self.namespace) or ""
+
+    def records(self) -> list[dict]:
+        return [r for r in read_jsonl(self.truth) if "entry_ns" in r]
+
+    def status(self) -> client.V1Pod:
+        return self.core.read_namespaced_pod(self.name, self.namespace)
+
+    def delete(self) -> None:
+        try:
+            self.core.delete_namespaced_pod(self.name, self.namespace, grace_period_seconds=5)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def restarts(self) -> int:
+        return sum(s.restart_count for s in self.status().status.container_statuses or [])
+
+
+class OutsideTracer:
+    """`tracer` in a PID namespace of its own: like a laptop, it sees none of the node's
+    processes and reaches the operator only through the API server. Ended by its PID."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None) -> None:
+        self.stderr_path = cwd / "tracer.stderr"
+        self.proc = self.unshare = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args], cwd=cwd,
+            stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "w"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        # unshare --fork ignores SIGINT itself: the signals go to the tracer, its child.
+        self.pid = wait_until(self._child, 10, "the tracer under unshare")
+
+    def _child(self) -> int | None:
+        try:
+            with open(f"/proc/{self.unshare.pid}/task/{self.unshare.pid}/children") as f:
+                children = f.read().split()
+        except FileNotFoundError:
+            return None
+        return int(children[0]) if children else None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.unshare.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def end(self) -> None:
+        if self.unshare.poll() is None:
+            try:
+                self.signal(signal.SIGINT)
+                self.unshare.wait(40)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.kill(self.unshare.pid, signal.SIGKILL)
+                self.unshare.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(node_cluster):
+    """The node cluster with the Memcached CRD and the agent image (scripts/build-agent-image,
+    cached once per tracer version) in the node's containerd."""
+    install_crd(node_cluster.api_client)
+    sock = node_cluster.dir / "containerd" / "containerd.sock"
+    build = subprocess.run([str(ROOT / "scripts" / "build-agent-image"), "--import",
+                            "--address", str(sock)], capture_output=True, text=True,
+                           timeout=600)
+    if build.returncode != 0:
+        pytest.fail(f"scripts/build-agent-image failed: {build.stderr.strip()}", pytrace=False)
+    node_cluster.agent_image = f"localhost/tracer-agent:{tracer.__version__}"
+    return node_cluster
+
+
+def namespace(cluster, name: str, labels: dict | None = None) -> str:
+    """A namespace pods can run in: what the controllers this cluster leaves out would add
+    (its default ServiceAccount)."""
+    core = client.CoreV1Api(cluster.api_client)
+    core.create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+    core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    return name
+
+
+def user_kubeconfig(cluster, user: str, path: Path) -> Path:
+    """A kubeconfig for USER (no groups): a client certificate from the cluster's CA."""
+    import datetime
+
+    import yaml
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca = x509.load_pem_x509_certificate(cluster.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(cluster.ca_key.read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .sign(ca_key, hashes.SHA256()))
+    for name, data in ((f"{user}.crt", cert.public_bytes(serialization.Encoding.PEM)),
+                       (f"{user}.key", key.private_bytes(
+                           serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption()))):
+        (path.parent / name).write_bytes(data)
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": user,
+        "clusters": [{"name": "node", "cluster": {
+            "server": cluster.server, "certificate-authority": str(cluster.ca_cert)}}],
+        "users": [{"name": user, "user": {
+            "client-certificate": str(path.parent / f"{user}.crt"),
+            "client-key": str(path.parent / f"{user}.key")}}],
+        "contexts": [{"name": user, "context": {"cluster": "node", "user": user}}]}))
+    return path
+
+
+@pytest.fixture
+def operator(cluster, tmp_path):
+    """start(name, namespace="default") -> PodOperator watching only its namespace; its pod
+    is deleted when the test ends."""
+    started: list[PodOperator] = []
+
+    def start(name: str, namespace: str = "default") -> PodOperator:
+        op = PodOperator(cluster, name, tmp_path / f"truth-{name}", namespace)
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.delete()
+
+
+@pytest.fixture
+def outside(tmp_path):
+    started: list[OutsideTracer] = []
+
+    def start(*args: str, env: dict | None = None) -> OutsideTracer:
+        run = OutsideTracer(list(args), tmp_path, env)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.end()
+
+
+def run_outside(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def traced_window(cluster, op: PodOperator, run, trace: Path, namespace: str
+                  ) -> tuple[list[dict], list[dict], dict, int, int]:
+    """The workload run while traced: (truth inside the window, spans, header, opened,
+    closed)."""
+    header = wait_for_header(trace, run, timeout=120)
+    opened = time.monotonic_ns()
+    drive_workload(cluster.api_client, namespace, operator=op, plan=default_plan(),
+                   has_priority=BUILD.has_priority)
+    time.sleep(0.5)
+    closed = time.monotonic_ns()
+    truth = [r for r in op.records() if opened <= r["entry_ns"] and r["exit_ns"] <= closed]
+    spans = [r for r in read_lines(trace) if r["type"] == "span" and r["start_ns"] <= closed
+             and (r["end_ns"] or 0) >= opened]
+    return truth, spans, header, opened, closed
+
+
+def check_k8s_fields(op: PodOperator, cluster, header: dict, spans: list[dict]) -> None:
+    """The trace names the real pod, its container id (as the kubelet reported it) and
+    node."""
+    pod = op.status()
+    [status] = pod.status.container_statuses
+    want = {"pod": op.name, "namespace": op.namespace, "container": status.name,
+            "node": cluster.node, "container_id": status.container_id}
+    assert pod.spec.node_name == cluster.node
+    got = header["k8s"]
+    assert {k: got.get(k) for k in want} == want
+    for span in spans:
+        assert span["k8s"] == header["k8s"]
+
+
+def test_ephemeral_agent_traces_every_reconcile(cluster, operator, outside, tmp_path):
+    op = operator("cr-eph")
+    restarts = op.restarts()
+    trace = tmp_path / "trace.jsonl"
+    run = outside("attach", op.name, "--agent", "ephemeral", "--agent-image",
+                  cluster.agent_image, "--kubeconfig", str(cluster.kubeconfig),
+                  "-o", str(trace), "--quiet")
+    truth, spans, header, opened, closed = traced_window(cluster, op, run, trace, "default")
+    run.signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    records = read_lines(trace)
+    end = records[-1]
+    assert end["type"] == "end" and end["reason"] == "SIGINT", end
+    assert end["code_restored"] is True
+    assert truth, "no reconcile in the window"
+    matched = match(truth, spans, opened, closed)
+    assert {s["function"] for s in matched.values()} >= {MEMCACHED_RECONCILE}
+    for i, call in enumerate(truth):
+        check_span(call, matched[i], BUILD.has_priority)
+    assert header["via"]["kind"] == "ephemeral"
+    check_k8s_fields(op, cluster, header, spans)
+    # The operator was never restarted, and it runs on after the agent left.
+    assert op.restarts() == restarts
+    [agent] = op.status().spec.ephemeral_containers
+    assert agent.security_context.capabilities.add == ["SYS_PTRACE"]
+
+
+def test_node_agent_traces_and_is_removed(cluster, operator, outside, tmp_path):
+    op = operator("cr-node")
+    restarts = op.restarts()
+    trace = tmp_path / "trace.jsonl"
+    run = outside("attach", op.name, "--agent", "node", "--agent-image", cluster.agent_image,
+                  "--kubeconfig", str(cluster.kubeconfig), "-o", str(trace), "--quiet",
+                  "--duration", "600")
+    truth, spans, header, opened, closed = traced_window(cluster, op, run, trace, "default")
+    agents = op.core.list_namespaced_pod(
+        "default", label_selector="app.kubernetes.io/name=tracer-agent").items
+    assert [a.spec.node_name for a in agents] == [cluster.node]
+    assert agents[0].spec.host_pid is True
+    run.signal(signal.SIGTERM)
+    assert run.wait(60) == 0, run.stderr()
+    end = read_lines(trace)[-1]
+    assert end["type"] == "end" and end["code_restored"] is True, end
+    match(truth, spans, opened, closed)
+    assert header["via"]["kind"] == "node"
+    check_k8s_fields(op, cluster, header, spans)
+    assert op.restarts() == restarts
+    wait_until(lambda: not op.core.list_namespaced_pod(
+        "default", label_selector="app.kubernetes.io/name=tracer-agent").items, 60,
+        "the node agent pod to be removed")
+
+
+def test_duration_and_deleted_pod_end_the_run(cluster, operator, outside, tmp_path):
+    """--duration ends one run; the operator's pod being deleted ends another, with a
+    readable trace whose end line says why."""
+    op = operator("cr-dur")
+    trace = tmp_path / "dur.jsonl"
+    run = outside("attach", op.name, "--agent", "ephemeral", "--agent-image",
+                  cluster.agent_image, "--kubeconfig", str(cluster.kubeconfig),
+                  "-o", str(trace), "--quiet", "--duration", "5")
+    wait_for_header(trace, run, timeout=120)
+    assert run.wait(90) == 0, run.stderr()
+    end = read_lines(trace)[-1]
+    assert end["type"] == "end" and end["reason"] == "duration", end
+    assert end["code_restored"] is True
+
+    trace = tmp_path / "deleted.jsonl"
+    run = outside("attach", op.name, "--agent", "ephemeral", "--agent-image",
+                  cluster.agent_image, "--kubeconfig", str(cluster.kubeconfig),
+                  "-o", str(trace), "--quiet")
+    wait_for_header(trace, run, timeout=120)
+    op.core.delete_namespaced_pod(op.name, op.namespace)
+    code = run.wait(90)
+    lines = read_lines(trace)  # whole lines: the file is readable
+    end = lines[-1]
+    assert end["type"] == "end", end
+    assert code in (0, 1), run.stderr()
+    assert run.stderr().count("Traceback") == 0
+
+
+def test_local_node_mode_finds_the_container(cluster, operator, tracer_cmd, tmp_path):
+    """On the node itself, `tracer attach POD` finds the container's process through
+    containerd's real cgroup and mount layout, and traces it in-process."""
+    op = operator("cr-local")
+    trace = tmp_path / "trace.jsonl"
+    run = tracer_cmd("attach", op.name, "--kubeconfig", str(cluster.kubeconfig),
+                     "-o", str(trace), "--quiet")
+    truth, spans, header, opened, closed = traced_window(cluster, op, run, trace, "default")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    match(truth, spans, opened, closed)
+    check_k8s_fields(op, cluster, header, spans)
+    assert "via" not in header
+
+
+def test_refusals_are_one_line(cluster, operator, tmp_path):
+    """What a user meets on a real cluster: each is one line and exit 2, nothing left
+    half-written."""
+    op = operator("cr-refuse")
+    kubeconfig = str(cluster.kubeconfig)
+
+    # An image the node does not have: the kubelet's own reason, not a timeout.
+    trace = tmp_path / "noimage.jsonl"
+    result = run_outside("attach", op.name, "--agent", "ephemeral", "--agent-image",
+                         "localhost/tracer-agent:no-such-tag", "--kubeconfig", kubeconfig,
+                         "-o", str(trace), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "its image cannot be pulled (ErrImagePull" in line, line
+    assert "no-such-tag" in line and "did not start within" not in line
+    assert not trace.exists()
+
+    # Not on this machine's PID namespace and no agent asked for: said, with --agent.
+    result = run_outside("attach", op.name, "--kubeconfig", kubeconfig, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "--agent" in result.stderr.strip().splitlines()[-1]
+
+    # A namespace whose Pod Security level forbids SYS_PTRACE: the API server's words.
+    namespace(cluster, "baseline", {"pod-security.kubernetes.io/enforce": "baseline"})
+    baseline = operator("cr-baseline", "baseline")
+    for kind in ("ephemeral", "node"):
+        result = run_outside("attach", baseline.name, "-n", "baseline", "--agent", kind,
+                             "--agent-image", cluster.agent_image, "--kubeconfig", kubeconfig,
+                             cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert "violates PodSecurity" in line and "SYS_PTRACE" in line, line
+        assert "RBAC" not in line
+
+
+def test_rbac_manifest_is_enough_and_its_absence_is_named(cluster, operator, outside, tmp_path):
+    """deploy/rbac.yaml's two roles, bound in one namespace, let a user trace through an
+    ephemeral agent; without the agent role the refusal names the verb and resource."""
+    import yaml
+
+    rbac = client.RbacAuthorizationV1Api(cluster.api_client)
+    for doc in yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()):
+        if doc:
+            rbac.create_cluster_role(doc)
+    namespace(cluster, "team")
+    op = operator("cr-rbac", "team")
+    alice = user_kubeconfig(cluster, "alice", tmp_path / "alice.kubeconfig")
+    rbac.create_namespaced_role_binding("team", {
+        "metadata": {"name": "tracer-user-alice"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "tracer-user"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": "alice"}]})
+    result = run_outside("attach", op.name, "-n", "team", "--agent", "ephemeral",
+                         "--agent-image", cluster.agent_image, "--kubeconfig", str(alice),
+                         cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.endswith("(RBAC: grant verb 'patch' on resource 'pods/ephemeralcontainers')"), \
+        line
+
+    rbac.create_namespaced_role_binding("team", {
+        "metadata": {"name": "tracer-agent-alice"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "tracer-agent"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": "alice"}]})
+    trace = tmp_path / "alice.jsonl"
+    run = outside("attach", op.name, "-n", "team", "--agent", "ephemeral", "--agent-image",
+                  cluster.agent_image, "--kubeconfig", str(alice), "-o", str(trace),
+                  "--quiet", "--watch", "none")
+    wait_for_header(trace, run, timeout=120)
+    wait_until(lambda: any(r["type"] == "span" for r in read_lines(trace)) or
+               _poke(cluster, "team"), 60, "a span")
+    run.signal(signal.SIGINT)
+    assert run.wait(60) == 0, run.stderr()
+    assert read_lines(trace)[-1]["code_restored"] is True
+
+
+def _poke(cluster, namespace: str) -> bool:
+    """Give the operator something to reconcile (a Memcached), once."""
+    co = client.CustomObjectsApi(cluster.api_client)
+    try:
+        co.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Memcached",
+            "metadata": {"name": "poke"}, "spec": {"size": 1}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    return False
+
