@@ -171,6 +171,16 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def interrupt(run, trace: Path, timeout: float = 60) -> list[dict]:
+    """Ctrl-C to a tracer run: it exits 0 and its trace ends with an end line that says so.
+    The trace's lines."""
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(timeout) == 0, run.stderr()
+    records = read_lines(trace)
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "SIGINT", records[-1]
+    return records
+
+
 def wait_for_header(trace: Path, run: TracerRun | None = None, timeout: float = 60) -> dict:
     """The trace's header line, written once the operator is traced."""
 

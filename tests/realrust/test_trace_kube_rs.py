@@ -13,7 +13,7 @@ import signal
 import time
 
 import pytest
-from helpers import read_lines, tracer_pid, wait_for_header, wait_until
+from helpers import interrupt, tracer_pid, wait_for_header, wait_until
 
 from tracer.binary.analyze import analyze
 from tracer.probes.compile import compile_plan
@@ -50,11 +50,8 @@ def traced_workload(build, rust_operator, rust_namespace, rust_cluster, tracer_c
     widgets = default_widgets()
     drive(rust_cluster.api_client, rust_namespace, widgets)
     closed = time.monotonic_ns()
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
-    records = read_lines(trace)
+    records = interrupt(run, trace)
     end = records[-1]
-    assert end["type"] == "end" and end["reason"] == "SIGINT"
     truth = [r for r in op.records() if opened <= r["start_ns"] and r["end_ns"] <= closed]
     spans = [r for r in records if r["type"] == "span"]
     return op, widgets, truth, spans, header, end, opened, closed
@@ -191,11 +188,8 @@ def test_aborted_reconciles(build, backend, rust_operator, rust_namespace, rust_
                     and r["status"] != "cancelled"} >= names, 60,
                "the slow reconciles aborted and every Widget reconciled again")
     closed = time.monotonic_ns()
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait(60) == 0, run.stderr()
-    records = read_lines(trace)
+    records = interrupt(run, trace)
     end = records[-1]
-    assert end["type"] == "end" and end["reason"] == "SIGINT"
     spans = [r for r in records if r["type"] == "span"]
     truth = [r for r in op.records() if opened <= r["start_ns"] and r["end_ns"] <= closed]
     aborted = [r for r in truth if r["status"] == "cancelled"]
