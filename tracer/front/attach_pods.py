@@ -49,7 +49,7 @@ def trace_via_agents(kube: KubeTargets, kind: str, image: str, timeout: float, o
             started.append(agent)
             display.on_status(f"{pod.pod}: waiting for the agent {agent.container} to start")
             agent_pods.wait_running(kube.conn, agent, image, timeout)
-            stream = agent_pods.AttachStream(kube.conn, agent)
+            stream = agent_pods.AttachStream(kube.conn, agent, pod)
             sources.append((pod, stream, {"kind": kind, "agent_pod": agent.pod,
                                           "agent_container": agent.container,
                                           "pod": pod.pod, "namespace": pod.namespace}))

@@ -225,13 +225,40 @@ def wait_running(conn: Connection, agent: AgentContainer, image: str,
         time.sleep(0.5)
 
 
+def target_gone(conn: Connection, target: PodTarget) -> str | None:
+    """Why the operator's process is gone, if the API server says it is: its pod deleted (or
+    being deleted), its container ended or replaced. None when it still runs, or unknown."""
+    from kubernetes import client
+
+    where = f"{target.namespace}/{target.pod}"
+    try:
+        pod = client.CoreV1Api(conn.api).read_namespaced_pod(target.pod, target.namespace)
+    except Exception as exc:  # noqa: BLE001 - only a 404 tells anything
+        return f"the operator's pod {where} was deleted" \
+            if getattr(exc, "status", None) == 404 else None
+    if pod.metadata.deletion_timestamp is not None:
+        return f"the operator's pod {where} is being deleted"
+    for status in pod.status.container_statuses or []:
+        if status.name != target.container:
+            continue
+        if status.container_id and status.container_id != target.container_id:
+            return f"the operator's container {target.container} in {where} was restarted"
+        ended = status.state.terminated if status.state else None
+        if ended is not None:
+            return (f"the operator's container {target.container} in {where} ended "
+                    f"({ended.reason or ''} exit code {ended.exit_code})")
+    return None
+
+
 class AttachStream:
     """The agent's attach stream as the receiver wants it: lines in, bytes out."""
 
-    def __init__(self, conn: Connection, agent: AgentContainer) -> None:
+    def __init__(self, conn: Connection, agent: AgentContainer, target: PodTarget) -> None:
         from kubernetes import client
         from kubernetes.stream import stream
 
+        self._conn = conn
+        self._target = target
         core = client.CoreV1Api(conn.api)
         try:
             self._ws = stream(core.connect_get_namespaced_pod_attach, agent.pod,
@@ -258,6 +285,11 @@ class AttachStream:
 
     def write(self, data: bytes) -> None:
         self._ws.write_stdin(data.decode())
+
+    def why_ended(self) -> str | None:
+        """Asked when the stream ends with no end line: an operator gone with its pod takes
+        the agent with it (the ephemeral agent shares its PID namespace, whose init it is)."""
+        return target_gone(self._conn, self._target)
 
     def describe(self) -> str:
         tail = " ".join("".join(self.stderr).split())[-400:]

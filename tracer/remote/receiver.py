@@ -356,12 +356,19 @@ class Receiver:
         real = mono + header_clock.get("realtime_ns", 0) - header_clock.get("monotonic_ns", 0)
         why = "stop-timeout" if reason == "stop-timeout" else STREAM_BROKEN
         cut = f", a cut line of {self.cut_bytes} bytes dropped" if self.cut_bytes else ""
-        self.on_status(f"warning: the agent's stream ended without its end line after "
-                       f"{self.lines} lines{cut}: calls in flight and whether the operator's "
-                       f"code was restored are unknown here{self._describe()}")
+        asked = getattr(self.stream, "why_ended", None)
+        gone = asked() if asked and why == STREAM_BROKEN else None
+        if gone:
+            # Not a fault of the stream: the operator ended, and its agent with it.
+            self.on_status(f"{gone}: the operator ended, and the agent with it; nothing is "
+                           f"left to restore ({self.lines} lines received{cut})")
+        else:
+            self.on_status(f"warning: the agent's stream ended without its end line after "
+                           f"{self.lines} lines{cut}: calls in flight and whether the "
+                           f"operator's code was restored are unknown here{self._describe()}")
         return {
             "type": "end",
-            "reason": why,
+            "reason": "target-exited" if gone else why,
             "clock": {"monotonic_ns": mono, "realtime_ns": real},
             "target_status": None,
             "spans": self.spans,
