@@ -34,7 +34,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         s.add_argument("--dir", type=Path, default=None,
                        help="the cluster's directory (default $TRACER_CLUSTER_DIR or "
                             "$TRACER_CACHE/cluster)")
-    r = sub.add_parser("run-operator", help="run a static binary as Pod NAME; wait for Running")
+    r = sub.add_parser(
+        "run-operator", help="run an operator binary as Pod NAME; wait for Running",
+        description="Run BINARY as Pod NAME, from an image written and imported on the spot. "
+        "The image holds /operator (the binary) and nothing else for a static binary; for a "
+        "dynamically linked one (e.g. Rust or cgo on glibc), as a distroless/cc image would, "
+        "also its ELF interpreter and the shared libraries it loads, resolved on this machine "
+        "(ldd) and put at the paths they have here. No shell, no /etc, no CA certificates.")
     r.add_argument("--dir", type=Path, default=None)
     r.add_argument("--env", action="append", default=[], metavar="K=V")
     r.add_argument("--mount", action="append", default=[], metavar="HOSTPATH:PODPATH")
@@ -101,7 +107,8 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"pod": args.name, "namespace": args.namespace,
                               "node": pod["spec"]["nodeName"], "image": cs["image"],
                               "containerID": cs.get("containerID"),
-                              "podIP": pod["status"].get("podIP")}))
+                              "podIP": pod["status"].get("podIP"),
+                              "imageFiles": pod["imageFiles"]}))
     except operator.BadInput as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2

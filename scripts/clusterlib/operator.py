@@ -1,9 +1,12 @@
-"""`scripts/cluster run-operator`: a static operator binary as a Pod the kubelet runs.
+"""`scripts/cluster run-operator`: an operator binary as a Pod the kubelet runs.
 
-The image holds the binary alone (/operator), written by scripts/oci-image with the tag taken
-from the binary's SHA-256, and imported into containerd's k8s.io namespace (the kubelet never
-pulls: imagePullPolicy Never). The operator reaches the API server through the cluster's pod
-kubeconfig (the bridge's gateway address; admin), mounted by hostPath, named by KUBECONFIG.
+The image holds the binary (/operator) and, for a dynamically linked one, what a distroless/cc
+image would give it: its ELF interpreter and the shared libraries it loads, taken from this
+machine at the paths they have here; nothing else. It is written by scripts/oci-image with the
+tag taken from the SHA-256 of the binary (and those files), and imported into containerd's
+k8s.io namespace (the kubelet never pulls: imagePullPolicy Never). The operator reaches the
+API server through the cluster's pod kubeconfig (the bridge's gateway address; admin), mounted
+by hostPath, named by KUBECONFIG.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -37,35 +39,101 @@ class PodFailed(Exception):
     """The pod did not get to Running; the message is the kubelet's reason."""
 
 
-def _check_static(binary: Path) -> None:
-    """An image with nothing but the binary runs only a static one (no ELF interpreter)."""
+def _read_elf(binary: Path) -> tuple[str | None, list[str], list[str]]:
+    """(PT_INTERP, DT_NEEDED, DT_RUNPATH + DT_RPATH) of a 64-bit ELF executable."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+
     try:
-        head = binary.read_bytes()[:1 << 20]
+        f = binary.open("rb")
     except OSError as exc:
         raise BadInput(f"cannot read {binary}: {exc.strerror}") from None
-    if head[:4] != b"\x7fELF" or head[4] != 2:
-        raise BadInput(f"{binary} is not a 64-bit ELF executable")
-    phoff, = struct.unpack_from("<Q", head, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-    for i in range(phnum):
-        p_type, = struct.unpack_from("<I", head, phoff + i * phentsize)
-        if p_type == 3:  # PT_INTERP
-            raise BadInput(f"{binary} is dynamically linked: the image holds the binary alone "
-                           "(build it with CGO_ENABLED=0)")
+    with f:
+        try:
+            elf = ELFFile(f)
+        except ELFError:
+            raise BadInput(f"{binary} is not an ELF executable") from None
+        if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
+            raise BadInput(f"{binary} is not an x86-64 ELF executable (the node is amd64)")
+        interp, needed, paths = None, [], []
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_INTERP":
+                interp = seg.get_interp_name()
+            elif isinstance(seg, DynamicSegment):
+                for tag in seg.iter_tags():
+                    if tag.entry.d_tag == "DT_NEEDED":
+                        needed.append(tag.needed)
+                    elif tag.entry.d_tag == "DT_RUNPATH":
+                        paths.append(tag.runpath)
+                    elif tag.entry.d_tag == "DT_RPATH":
+                        paths.append(tag.rpath)
+    return interp, needed, paths
 
 
-def image_for(lay: Layout, binary: Path, user: int | None) -> str:
-    """Build and import the image (once per binary and user); return its reference."""
-    digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
+_LDD_LINE = re.compile(r"^\s*(\S+)(?: => (\S+|not found))?(?: \(0x[0-9a-f]+\))?\s*$")
+
+
+def runtime_files(binary: Path) -> list[tuple[str, str]]:
+    """What a dynamically linked binary needs to start in an image of its own, the way a
+    distroless/cc image has it: its ELF interpreter and every shared library it loads
+    (DT_NEEDED, and theirs), resolved on this machine by its dynamic loader (`ldd`, with no
+    LD_LIBRARY_PATH or LD_PRELOAD) and put at the path they have here. [(host path, path in
+    the image)], the interpreter first; [] for a static binary."""
+    interp, needed, paths = _read_elf(binary)
+    if interp is None:
+        return []  # static (or static-pie): the binary alone, as before
+    if any("$ORIGIN" in p or "${ORIGIN}" in p for p in paths):
+        raise BadInput(f"{binary}: its RUNPATH/RPATH uses $ORIGIN, and in the image the "
+                       "binary is /operator: link it without, or build a static binary")
+    if not Path(interp).is_file():
+        raise BadInput(f"{binary}: its ELF interpreter {interp} is not on this machine")
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
+    listed = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env)
+    if listed.returncode != 0:
+        raise BadInput(f"{binary}: ldd cannot list its libraries: "
+                       f"{(listed.stderr or listed.stdout).strip()}")
+    files = [(interp, interp)]
+    resolved: dict[str, str] = {}
+    for line in listed.stdout.splitlines():
+        m = _LDD_LINE.match(line)
+        if not m:
+            continue
+        name, where = m.group(1), m.group(2)
+        if where == "not found":
+            raise BadInput(f"{binary} needs {name}, which this machine does not have")
+        if where is None:
+            # The vDSO (the kernel's, in no file) or the interpreter itself.
+            continue
+        resolved[name] = where
+        if where != interp and Path(where).resolve() != Path(interp).resolve():
+            files.append((where, where))
+    missing = [n for n in needed if n not in resolved and n != Path(interp).name]
+    if missing:
+        raise BadInput(f"{binary} needs {', '.join(missing)}: ldd did not resolve them")
+    return files
+
+
+def image_for(lay: Layout, binary: Path, user: int | None) -> tuple[str, list[str]]:
+    """Build and import the image (once per binary, its libraries and user); return its
+    reference and the paths in it."""
+    extra = runtime_files(binary)
+    sha = hashlib.sha256(binary.read_bytes())
+    for host, in_image in extra:  # a static binary's tag stays the binary's own hash
+        sha.update(f"\0{in_image}\0".encode() + Path(host).read_bytes())
+    digest = sha.hexdigest()[:16]
+    in_image = ["/operator", *(dest for _, dest in extra)]
     repo = re.sub(r"[^a-z0-9._-]+", "-", binary.name.lower()).strip("-._") or "operator"
     ref = f"localhost/tracer-operator/{repo}:{digest}" + (f"-u{user}" if user is not None else "")
     listed = subprocess.run(node.ctr(lay, "images", "ls", "-q"), capture_output=True, text=True)
     if ref in listed.stdout.split():
-        return ref
+        return ref, in_image
     archive = lay.images / f"{repo}-{ref.rsplit(':', 1)[1]}.tar"
     lay.images.mkdir(parents=True, exist_ok=True)
     argv = [str(node.ROOT / "scripts" / "oci-image"), "--out", str(archive), "--ref", ref,
             "--add", f"{binary}:/operator:0755", "--entrypoint", json.dumps(["/operator"])]
+    for host, dest in extra:
+        argv += ["--add", f"{host}:{dest}"]  # the file a link names, its mode kept
     if user is not None:
         argv += ["--user", f"{user}:{user}"]
     built = subprocess.run(argv, capture_output=True, text=True)
@@ -73,7 +141,7 @@ def image_for(lay: Layout, binary: Path, user: int | None) -> str:
         raise node.ClusterError(f"scripts/oci-image failed: {built.stderr.strip()}")
     node.import_image(lay, archive)
     archive.unlink()  # containerd holds the content now
-    return ref
+    return ref, in_image
 
 
 def pod_manifest(name: str, namespace: str, node_name: str, image: str, args: list[str],
@@ -175,7 +243,7 @@ def run_operator(lay: Layout, name: str, binary: Path, args: list[str], env: dic
         raise BadInput(f"pod name {name!r} is not a DNS-1123 label (lowercase, digits, '-')")
     if not binary.is_file():
         raise BadInput(f"{binary}: no such file")
-    _check_static(binary)
+    runtime_files(binary)  # refuses what cannot run before anything is made
     for host, in_pod in mounts.items():
         if not Path(host).is_absolute() or not in_pod.startswith("/"):
             raise BadInput(f"--mount {host}:{in_pod}: both paths must be absolute")
@@ -194,7 +262,9 @@ def run_operator(lay: Layout, name: str, binary: Path, args: list[str], env: dic
             raise
     # No controller makes a new namespace's `default` ServiceAccount here; admission needs it.
     api.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": "default"}})
-    image = image_for(lay, binary, user)
+    image, files = image_for(lay, binary, user)
     api.request("POST", path, pod_manifest(name, namespace, st["node"], image, args, env,
                                            mounts, user, lay.pod_kubeconfig))
-    return wait_running(api, namespace, name, timeout)
+    pod = wait_running(api, namespace, name, timeout)
+    pod["imageFiles"] = files
+    return pod

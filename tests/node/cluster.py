@@ -15,10 +15,13 @@ The fixture `node_cluster` (session scope, tests/node/conftest.py) is a NodeClus
   up_seconds     float   how long `up` took
   run_operator(name, binary, args=(), env=None, mounts=None, user=None,
                namespace="default", timeout=90) -> V1Pod
-                 a static binary as Pod NAME (image built and imported on the spot), once
-                 Running; mounts maps host path -> path in the pod (hostPath); fails the test
-                 with the kubelet's reason if the pod does not get to Running
+                 a binary as Pod NAME (image built and imported on the spot: a dynamic one
+                 with its ELF interpreter and shared libraries), once Running; mounts maps
+                 host path -> path in the pod (hostPath); fails the test with the kubelet's
+                 reason if the pod does not get to Running
   import_image(archive)   an OCI archive (scripts/oci-image) into the node's containerd
+  import_agent_image() -> str  the agent image (scripts/build-agent-image, cached once per
+                 tracer version) imported into the node's containerd, once; its reference
   pids() -> dict[str, int]  the daemons `up` recorded (etcd, kube-apiserver, containerd, kubelet)
 
 If the cluster cannot start on this machine, the fixture FAILS with `up`'s error (never skips).
@@ -101,6 +104,18 @@ class NodeCluster:
             pytest.fail(f"scripts/cluster run-operator {name} failed (exit {run.returncode}): "
                         f"{run.stderr.strip()}", pytrace=False)
         return self.core.read_namespaced_pod(name, namespace)
+
+    def import_agent_image(self) -> str:
+        if getattr(self, "_agent_image", None) is None:
+            sock = self.dir / "containerd" / "containerd.sock"
+            build = subprocess.run([str(ROOT / "scripts" / "build-agent-image"), "--import",
+                                    "--address", str(sock)], capture_output=True, text=True,
+                                   timeout=600)
+            if build.returncode != 0:
+                pytest.fail(f"scripts/build-agent-image failed: {build.stderr.strip()}",
+                            pytrace=False)
+            self._agent_image = build.stdout.split()[-1]
+        return self._agent_image
 
     def import_image(self, archive: Path | str) -> None:
         sock = self.dir / "containerd" / "containerd.sock"

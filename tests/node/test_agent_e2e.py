@@ -10,7 +10,6 @@ CLOCK_MONOTONIC, so the window and the spans compare directly."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -33,88 +32,28 @@ from realops.operators import (
 )
 
 import tracer
+from node import pods
+from node.pods import TRUTH_IN_POD, OperatorPod, check_k8s_fields
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+outside = pods.outside  # the fixture
 BUILD = CR_BUILDS["cr-operator-stripped"]
 MEMCACHED_RECONCILE = "example.com/cr-operator/internal/controller.(*MemcachedReconciler).Reconcile"
-OPERATOR_USER = 65532  # distroless's nonroot, as real operators run
 
 
-class PodOperator:
-    """The cr-operator running as a pod; its ground truth is read through a hostPath."""
+class PodOperator(OperatorPod):
+    """The cr-operator running as a pod, watching only its namespace."""
 
     def __init__(self, cluster, name: str, truth_dir: Path, namespace: str = "default") -> None:
-        truth_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(truth_dir, OPERATOR_USER, OPERATOR_USER)
-        self.truth = truth_dir / "truth.jsonl"
-        self.name = name
-        self.namespace = namespace
-        self.core = client.CoreV1Api(cluster.api_client)
-        self.pod = cluster.run_operator(
-            name, BUILD.binary,
-            ["--ground-truth", "/truth/truth.jsonl", "--leader-elect=false",
+        super().__init__(
+            cluster, name, BUILD.binary,
+            ["--ground-truth", f"{TRUTH_IN_POD}/truth.jsonl", "--leader-elect=false",
              "--max-concurrent-reconciles", "4", "--namespace", namespace],
-            mounts={str(truth_dir): "/truth"}, user=OPERATOR_USER, namespace=namespace)
-        wait_until(lambda: "ready" in self.log(), 60, f"{name} to log 'ready'")
-
-    def log(self) -> str:
-        return self.core.read_namespaced_pod_log(self.name, self.namespace) or ""
+            truth_dir, namespace)
+        self.truth = truth_dir / "truth.jsonl"
 
     def records(self) -> list[dict]:
         return [r for r in read_jsonl(self.truth) if "entry_ns" in r]
-
-    def status(self) -> client.V1Pod:
-        return self.core.read_namespaced_pod(self.name, self.namespace)
-
-    def delete(self) -> None:
-        try:
-            self.core.delete_namespaced_pod(self.name, self.namespace, grace_period_seconds=5)
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-
-    def restarts(self) -> int:
-        return sum(s.restart_count for s in self.status().status.container_statuses or [])
-
-
-class OutsideTracer:
-    """`tracer` in a PID namespace of its own: like a laptop, it sees none of the node's
-    processes and reaches the operator only through the API server. Ended by its PID."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict | None = None) -> None:
-        self.stderr_path = cwd / "tracer.stderr"
-        self.proc = self.unshare = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args], cwd=cwd,
-            stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "w"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        # unshare --fork ignores SIGINT itself: the signals go to the tracer, its child.
-        self.pid = wait_until(self._child, 10, "the tracer under unshare")
-
-    def _child(self) -> int | None:
-        try:
-            with open(f"/proc/{self.unshare.pid}/task/{self.unshare.pid}/children") as f:
-                children = f.read().split()
-        except FileNotFoundError:
-            return None
-        return int(children[0]) if children else None
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float = 60) -> int:
-        return self.unshare.wait(timeout)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def end(self) -> None:
-        if self.unshare.poll() is None:
-            try:
-                self.signal(signal.SIGINT)
-                self.unshare.wait(40)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.kill(self.unshare.pid, signal.SIGKILL)
-                self.unshare.wait()
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +61,8 @@ def cluster(node_cluster):
     """The node cluster with the Memcached CRD and the agent image (scripts/build-agent-image,
     cached once per tracer version) in the node's containerd."""
     install_crd(node_cluster.api_client)
-    sock = node_cluster.dir / "containerd" / "containerd.sock"
-    build = subprocess.run([str(ROOT / "scripts" / "build-agent-image"), "--import",
-                            "--address", str(sock)], capture_output=True, text=True,
-                           timeout=600)
-    if build.returncode != 0:
-        pytest.fail(f"scripts/build-agent-image failed: {build.stderr.strip()}", pytrace=False)
-    node_cluster.agent_image = f"localhost/tracer-agent:{tracer.__version__}"
+    node_cluster.agent_image = node_cluster.import_agent_image()
+    assert node_cluster.agent_image == f"localhost/tracer-agent:{tracer.__version__}"
     return node_cluster
 
 
@@ -194,20 +128,6 @@ def operator(cluster, tmp_path):
         op.delete()
 
 
-@pytest.fixture
-def outside(tmp_path):
-    started: list[OutsideTracer] = []
-
-    def start(*args: str, env: dict | None = None) -> OutsideTracer:
-        run = OutsideTracer(list(args), tmp_path, env)
-        started.append(run)
-        return run
-
-    yield start
-    for run in started:
-        run.end()
-
-
 def run_outside(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -227,20 +147,6 @@ def traced_window(cluster, op: PodOperator, run, trace: Path, namespace: str
     spans = [r for r in read_lines(trace) if r["type"] == "span" and r["start_ns"] <= closed
              and (r["end_ns"] or 0) >= opened]
     return truth, spans, header, opened, closed
-
-
-def check_k8s_fields(op: PodOperator, cluster, header: dict, spans: list[dict]) -> None:
-    """The trace names the real pod, its container id (as the kubelet reported it) and
-    node."""
-    pod = op.status()
-    [status] = pod.status.container_statuses
-    want = {"pod": op.name, "namespace": op.namespace, "container": status.name,
-            "node": cluster.node, "container_id": status.container_id}
-    assert pod.spec.node_name == cluster.node
-    got = header["k8s"]
-    assert {k: got.get(k) for k in want} == want
-    for span in spans:
-        assert span["k8s"] == header["k8s"]
 
 
 def test_ephemeral_agent_traces_every_reconcile(cluster, operator, outside, tmp_path):
@@ -315,12 +221,11 @@ def test_duration_and_deleted_pod_end_the_run(cluster, operator, outside, tmp_pa
                   "-o", str(trace), "--quiet")
     wait_for_header(trace, run, timeout=120)
     op.core.delete_namespaced_pod(op.name, op.namespace)
-    code = run.wait(90)
-    lines = read_lines(trace)  # whole lines: the file is readable
-    end = lines[-1]
-    assert end["type"] == "end", end
-    assert code in (0, 1), run.stderr()
-    assert run.stderr().count("Traceback") == 0
+    assert run.wait(90) == 0, run.stderr()
+    end = read_lines(trace)[-1]  # whole lines: the file is readable
+    # The operator is its PID namespace's init: it takes the ephemeral agent with it.
+    assert end["type"] == "end" and end["reason"] == "target-exited", end
+    assert f"the operator's pod default/{op.name} is being deleted" in run.stderr()
 
 
 def test_local_node_mode_finds_the_container(cluster, operator, tracer_cmd, tmp_path):
