@@ -23,8 +23,10 @@ class MultiRun:
     """Answers what the display asks of a run (run, request_stop, header, on_span, writer)."""
 
     def __init__(self, sources: list[tuple[PodTarget, Stream, dict]], output: str,
-                 duration: float | None, on_status: Callable[[str], None]) -> None:
-        """`sources`: each pod with the stream of its agent and what to record of its way."""
+                 duration: float | None, on_status: Callable[[str], None],
+                 on_header: Callable[[dict], None] | None = None) -> None:
+        """`sources`: each pod with the stream of its agent and what to record of its way;
+        `on_header` gets each agent's header before it is written."""
         self.pods = [pod for pod, _, _ in sources]
         self.output = output
         self.on_status = on_status
@@ -37,7 +39,8 @@ class MultiRun:
                 stream, output, via=via, tags={"k8s": pod.tags()}, duration=duration,
                 on_span=self._span,
                 on_status=lambda message, name=pod.pod: on_status(f"{name}: {message}"),
-                open_writer=lambda path, on_error, index=index: self.merged.source(index)))
+                open_writer=lambda path, on_error, index=index: self.merged.source(index),
+                on_header=on_header))
 
     @property
     def header(self) -> dict | None:

@@ -118,8 +118,11 @@ class Receiver:
         hello_timeout: float = HELLO_TIMEOUT_S,
         stop_timeout: float = STOP_TIMEOUT_S,
         open_writer: Callable[..., TraceWriter] = TraceWriter,
+        on_header: Callable[[dict], None] | None = None,
     ) -> None:
         self.stream = stream
+        # Called with the header before it is written (what starts on it sees every line).
+        self.on_header = on_header
         # `tracer attach -l` writes several receivers into one file (tracer/remote/merge.py).
         self.open_writer = open_writer
         self.output = output
@@ -224,6 +227,11 @@ class Receiver:
         tag_span(header, self.tags)
         if self._offset is None:
             self._offset = header["clock"]["monotonic_ns"] - time.monotonic_ns()
+        if self.on_header is not None:
+            try:
+                self.on_header(header)
+            except Exception as exc:  # noqa: BLE001 - the trace goes on without it
+                self.on_status(f"warning: {exc}")
         self.writer = self.open_writer(self.output, on_error=self._write_failed)
         self.writer.write(header)
         with self._record_lock:
