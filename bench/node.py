@@ -624,10 +624,11 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench-node: run as root (scripts/cluster needs it)")
-    archive = agent_archive()
     runs = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-node-"))
     try:
+        # A copy: a build of a changed tracer meanwhile replaces the cached archive.
+        archive = Path(shutil.copy(agent_archive(), tmp / "tracer-agent.tar"))
         for i in range(args.repeat):
             print(f"repeat {i + 1}/{args.repeat}", flush=True)
             runs.append(one_repeat(i, tmp, archive, args.window))
