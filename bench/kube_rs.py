@@ -50,6 +50,8 @@ from realrust.operators import (  # noqa: E402
     start_operator,
 )
 
+from bench.real_operator import header_of  # noqa: E402
+
 WAYS = ("gdb", "uprobe")
 TRACER = [sys.executable, "-m", "tracer"]
 
@@ -64,18 +66,6 @@ def cpu_ns(pid: int) -> int:
         except (OSError, ValueError, IndexError):
             pass
     return total
-
-
-def header_of(trace: Path, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if trace.exists():
-            text = trace.read_text()
-            first = text.split("\n", 1)[0]
-            if text.count("\n") and first:
-                return json.loads(first)
-        time.sleep(0.05)
-    raise RuntimeError(f"no trace header in {trace} after {timeout} s")
 
 
 def exact(truth: list[dict], spans: list[dict]) -> int:
@@ -108,7 +98,7 @@ def one_run(cluster, build: str, way: str, copies: int, folder: Path) -> dict:
                 [*TRACER, "attach", str(op.pid), "-o", str(trace), "--quiet",
                  "--backend", way, "--max-stopped", "off"],
                 stdout=subprocess.DEVNULL, stderr=open(folder / "tracer.stderr", "w"))
-            header = header_of(trace)
+            header = header_of(trace, timeout=120)
             row["told_hit_us"] = (header.get("cost_per_hit_ns") or 0) / 1000 or None
         opened, cpu0 = time.monotonic_ns(), cpu_ns(op.pid)
         drive(cluster.api_client, namespace, default_widgets("b", copies))

@@ -60,6 +60,7 @@ from kubernetes import client, config  # noqa: E402
 from realops.operators import CR_BUILDS, GROUP, PLURAL, VERSION, install_crd  # noqa: E402
 
 import tracer  # noqa: E402
+from bench.real_operator import percentile  # noqa: E402
 
 CLUSTER = ROOT / "scripts" / "cluster"
 TRACER = [sys.executable, "-m", "tracer"]
@@ -91,11 +92,6 @@ def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- the agent image ------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("bench-backends", "bench-live", "bench-report", "bench-real", "bench-kube-rs")
-OPTIONAL = ("bench-real", "bench-kube-rs")
+BENCHES = ("bench-backends", "bench-live", "bench-report", "bench-real", "bench-kube-rs",
+           "bench-node")
+OPTIONAL = ("bench-real", "bench-kube-rs", "bench-node")
 
 
 def machine() -> dict:
