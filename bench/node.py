@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubernetes import client, config  # noqa: E402
+from node.pods import OutsideTracer  # noqa: E402
 from realops.operators import CR_BUILDS, GROUP, PLURAL, VERSION, install_crd  # noqa: E402
 
 import tracer  # noqa: E402
@@ -284,29 +285,13 @@ def agent_container_id(core: client.CoreV1Api, kind: str) -> str:
 # --- the tracer, from outside ---------------------------------------------------------------
 
 
-class Outside:
-    """`tracer attach` in a PID namespace of its own, like a laptop: it sees none of the
-    node's processes. Signalled and ended by its PID (unshare's child)."""
+class Outside(OutsideTracer):
+    """`tracer attach` in a PID namespace of its own, like a laptop (tests/node/pods.py),
+    with the time it was started."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        self.stderr_path = cwd / "tracer.stderr"
         self.started = time.monotonic()
-        self.unshare = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args], cwd=cwd,
-            stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "w"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.pid = wait_until(self._child, 10, "the tracer under unshare", 0.01)
-
-    def _child(self) -> int | None:
-        try:
-            with open(f"/proc/{self.unshare.pid}/task/{self.unshare.pid}/children") as f:
-                children = f.read().split()
-        except FileNotFoundError:
-            return None
-        return int(children[0]) if children else None
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+        super().__init__(args, cwd)
 
     def stop(self, timeout: float = 60) -> int:
         if self.unshare.poll() is None:

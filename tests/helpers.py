@@ -173,8 +173,10 @@ def read_lines(path: Path) -> list[dict]:
 
 def interrupt(run, trace: Path, timeout: float = 60) -> list[dict]:
     """Ctrl-C to a tracer run: it exits 0 and its trace ends with an end line that says so.
-    The trace's lines."""
-    run.proc.send_signal(signal.SIGINT)
+    The trace's lines. A run with a signal() of its own (a tracer under unshare) is
+    signalled through it."""
+    send = getattr(run, "signal", None) or run.proc.send_signal
+    send(signal.SIGINT)
     assert run.wait(timeout) == 0, run.stderr()
     records = read_lines(trace)
     assert records[-1]["type"] == "end" and records[-1]["reason"] == "SIGINT", records[-1]

@@ -11,11 +11,10 @@ its clock is this machine's CLOCK_MONOTONIC, as the spans' are."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
-from helpers import read_lines, wait_for_header
+from helpers import interrupt, wait_for_header
 from realrust.operators import BUILDS, RECONCILE, default_widgets, drive, expected, install_crd
 from realrust.operators import read_jsonl as read_truth
 from realrust.test_trace_kube_rs import match
@@ -52,11 +51,8 @@ def test_ephemeral_agent_traces_kube_rs_pod(cluster, outside, tmp_path):
         widgets = default_widgets()
         drive(cluster.api_client, namespace, widgets)
         closed = time.monotonic_ns()
-        run.signal(signal.SIGINT)
-        assert run.wait(60) == 0, run.stderr()
-        records = read_lines(trace)
+        records = interrupt(run, trace)
         end = records[-1]
-        assert end["type"] == "end" and end["reason"] == "SIGINT", end
         assert end["code_restored"] is True
         assert end["pairing"]["orphan_exits"] == 0
 
