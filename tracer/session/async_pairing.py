@@ -111,7 +111,9 @@ class AsyncPairer:
         state = value if isinstance(value, int) else None
         call = self.open.get(future)
         if call is not None and state == UNRESUMED:
-            # A new future at the address of one whose end was not seen (its drop missed).
+            # A new future at the address of one whose end was not seen (its drop missed):
+            # how that one ended is not known.
+            call.untold = True
             self._end(self.open.pop(future), call.last_exit_ns)
             call = None
         if call is None:
