@@ -5,7 +5,7 @@ Go controller-runtime operator, test_kube_rs_pod.py for the kube-rs one):
                   the binary run as Pod NAME by `scripts/cluster run-operator` as uid 65532
                   (distroless's nonroot), TRUTH_DIR (made, chowned to it) mounted at /truth;
                   waited until its log says "ready". .truth .log() .status() .restarts()
-                  .delete()
+                  .delete() .host_pid()
   OutsideTracer(args, cwd, env=None)
                   `tracer ARGS` in a PID namespace of its own (a laptop's view: none of the
                   node's processes); .pid .signal(sig) .wait(timeout) .stderr() .end()
@@ -41,6 +41,7 @@ class OperatorPod:
         self.truth_dir = truth_dir
         self.name = name
         self.namespace = namespace
+        self.cluster = cluster
         self.core = client.CoreV1Api(cluster.api_client)
         self.pod = cluster.run_operator(name, binary, args,
                                         mounts={str(truth_dir): TRUTH_IN_POD},
@@ -62,6 +63,24 @@ class OperatorPod:
 
     def restarts(self) -> int:
         return sum(s.restart_count for s in self.status().status.container_statuses or [])
+
+    def host_pid(self) -> int:
+        """The operator's process on this node, as containerd knows its task."""
+        return container_pid(self.cluster, self.status().status.container_statuses[0]
+                             .container_id)
+
+
+def container_pid(cluster, container_id: str) -> int:
+    """A container's process on the host, as containerd knows it."""
+    sock = cluster.dir / "containerd" / "containerd.sock"
+    out = subprocess.run(["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
+                         capture_output=True, text=True, check=True).stdout
+    cid = container_id.removeprefix("containerd://")
+    for line in out.splitlines()[1:]:
+        task, pid, _status = line.split()
+        if task == cid:
+            return int(pid)
+    raise AssertionError(f"no task {cid} in containerd: {out}")
 
 
 class OutsideTracer:

@@ -10,6 +10,7 @@ CLOCK_MONOTONIC, so the window and the spans compare directly."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -221,12 +222,16 @@ def test_duration_and_deleted_pod_end_the_run(cluster, operator, outside, tmp_pa
                   cluster.agent_image, "--kubeconfig", str(cluster.kubeconfig),
                   "-o", str(trace), "--quiet")
     wait_for_header(trace, run, timeout=120)
+    pid = op.host_pid()
     op.core.delete_namespaced_pod(op.name, op.namespace)
     assert run.wait(90) == 0, run.stderr()
     end = read_lines(trace)[-1]  # whole lines: the file is readable
-    # The operator is its PID namespace's init: it takes the ephemeral agent with it.
+    # The operator is its PID namespace's init: it takes the ephemeral agent with it. The
+    # trace says the operator ended only once the API server says so, and it has.
     assert end["type"] == "end" and end["reason"] == "target-exited", end
-    assert f"the operator's pod default/{op.name} is being deleted" in run.stderr()
+    assert f"in default/{op.name} ended" in run.stderr() or \
+        f"pod default/{op.name} was deleted" in run.stderr(), run.stderr()
+    assert not os.path.exists(f"/proc/{pid}"), "the operator still runs"
 
 
 def test_local_node_mode_finds_the_container(cluster, operator, tracer_cmd, tmp_path):

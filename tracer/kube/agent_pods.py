@@ -225,29 +225,38 @@ def wait_running(conn: Connection, agent: AgentContainer, image: str,
         time.sleep(0.5)
 
 
-def target_gone(conn: Connection, target: PodTarget) -> str | None:
-    """Why the operator's process is gone, if the API server says it is: its pod deleted (or
-    being deleted), its container ended or replaced. None when it still runs, or unknown."""
+def target_gone(conn: Connection, target: PodTarget, wait_s: float = 15.0
+                ) -> tuple[str, bool] | None:
+    """(what the API server says of the operator, whether its process has surely ended):
+    its pod deleted, its container ended or replaced. A pod only being deleted is watched
+    for up to `wait_s` (its grace period may still run the operator). None when it runs on,
+    or the API server cannot say."""
     from kubernetes import client
 
     where = f"{target.namespace}/{target.pod}"
-    try:
-        pod = client.CoreV1Api(conn.api).read_namespaced_pod(target.pod, target.namespace)
-    except Exception as exc:  # noqa: BLE001 - only a 404 tells anything
-        return f"the operator's pod {where} was deleted" \
-            if getattr(exc, "status", None) == 404 else None
-    if pod.metadata.deletion_timestamp is not None:
-        return f"the operator's pod {where} is being deleted"
-    for status in pod.status.container_statuses or []:
-        if status.name != target.container:
-            continue
-        if status.container_id and status.container_id != target.container_id:
-            return f"the operator's container {target.container} in {where} was restarted"
-        ended = status.state.terminated if status.state else None
-        if ended is not None:
-            return (f"the operator's container {target.container} in {where} ended "
-                    f"({ended.reason or ''} exit code {ended.exit_code})")
-    return None
+    core = client.CoreV1Api(conn.api)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pod = core.read_namespaced_pod(target.pod, target.namespace)
+        except Exception as exc:  # noqa: BLE001 - only a 404 tells anything
+            return (f"the operator's pod {where} was deleted", True) \
+                if getattr(exc, "status", None) == 404 else None
+        for status in pod.status.container_statuses or []:
+            if status.name != target.container:
+                continue
+            if status.container_id and status.container_id != target.container_id:
+                return (f"the operator's container {target.container} in {where} was "
+                        "restarted", True)
+            ended = status.state.terminated if status.state else None
+            if ended is not None:
+                return (f"the operator's container {target.container} in {where} ended "
+                        f"({ended.reason or ''} exit code {ended.exit_code})", True)
+        if pod.metadata.deletion_timestamp is None:
+            return None
+        if time.monotonic() >= deadline:
+            return f"the operator's pod {where} is being deleted", False
+        time.sleep(0.5)
 
 
 class AttachStream:
@@ -286,7 +295,7 @@ class AttachStream:
     def write(self, data: bytes) -> None:
         self._ws.write_stdin(data.decode())
 
-    def why_ended(self) -> str | None:
+    def why_ended(self) -> tuple[str, bool] | None:
         """Asked when the stream ends with no end line: an operator gone with its pod takes
         the agent with it (the ephemeral agent shares its PID namespace, whose init it is)."""
         return target_gone(self._conn, self._target)

@@ -365,14 +365,16 @@ class Receiver:
         why = "stop-timeout" if reason == "stop-timeout" else STREAM_BROKEN
         cut = f", a cut line of {self.cut_bytes} bytes dropped" if self.cut_bytes else ""
         asked = getattr(self.stream, "why_ended", None)
-        gone = asked() if asked and why == STREAM_BROKEN else None
+        said = asked() if asked and why == STREAM_BROKEN else None
+        gone = said is not None and said[1]
         if gone:
             # Not a fault of the stream: the operator ended, and its agent with it.
-            self.on_status(f"{gone}: the operator ended, and the agent with it; nothing is "
+            self.on_status(f"{said[0]}: the operator ended, and the agent with it; nothing is "
                            f"left to restore ({self.lines} lines received{cut})")
         else:
+            known = f" ({said[0]})" if said else ""
             self.on_status(f"warning: the agent's stream ended without its end line after "
-                           f"{self.lines} lines{cut}: calls in flight and whether the "
+                           f"{self.lines} lines{cut}{known}: calls in flight and whether the "
                            f"operator's code was restored are unknown here{self._describe()}")
         return {
             "type": "end",
