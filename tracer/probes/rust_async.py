@@ -290,7 +290,7 @@ def compile_async(info: BinaryInfo, spec: FunctionSpec, plan: Plan) -> list[str]
                 "outer future's; name that one's poll and drop with `poll` and `drop`)"
                 if drops else "")
         raise UserError(f"no poll function matches {(spec.poll or spec.match).pattern!r} in "
-                        f"{info.path}{hint}")
+                        f"{info.name}{hint}")
     span = SPAN_STEP if spec.role == ROLE_STEP else SPAN_RECONCILE
     names = []
     for fn, poll_name, drop in polls:

@@ -20,6 +20,13 @@ class ProcessInfo:
     tracer_pid: int
 
 
+def ptrace_refused(pid: int) -> UserError:
+    """What to do when the kernel will not let this tracer ptrace the process."""
+    return UserError(
+        f"no permission to trace process {pid} (ptrace refused): run as root or as its user "
+        "with kernel.yama.ptrace_scope=0, or give the container CAP_SYS_PTRACE")
+
+
 def status_field(pid: int, key: str) -> str | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -85,11 +92,14 @@ def inspect_process(pid: int) -> ProcessInfo:
         with open(f"/proc/{pid}/mem", "rb"):
             pass
     except PermissionError:
-        raise UserError(
-            f"no permission to read the memory of process {pid} (/proc/{pid}/mem): run the "
-            "tracer as the process's user, or as root with CAP_DAC_OVERRIDE (a container "
-            "that drops ALL capabilities must add back DAC_OVERRIDE beside SYS_PTRACE)"
-        ) from None
+        owner = os.stat(f"/proc/{pid}").st_uid
+        if os.geteuid() == 0 and owner != 0:
+            raise UserError(
+                f"no permission to read the memory of process {pid} (/proc/{pid}/mem, uid "
+                f"{owner}'s): root needs CAP_DAC_OVERRIDE for it (a container that drops ALL "
+                "capabilities must add back DAC_OVERRIDE beside SYS_PTRACE)") from None
+        # The same check as ptrace's attach (Yama's ptrace_scope among it).
+        raise ptrace_refused(pid) from None
     except OSError:
         pass  # gone meanwhile: the next step says so
     name = process_name(pid)

@@ -44,6 +44,7 @@ from tracer.backends.dlv.client import LISTENING
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes.plan import Plan
+from tracer.targets.process import ptrace_refused
 
 OLDEST_MEASURED = (1, 20)  # the oldest Delve this backend was measured with
 # The Delve scripts/setup builds (`go install github.com/go-delve/delve/cmd/dlv@v1.27.2` with
@@ -112,10 +113,10 @@ def check_dlv(info: BinaryInfo) -> str:
     and Go 1.27 builds alike."""
     path = find_dlv()
     if info.language != "go":
-        raise UserError(f"--backend dlv traces Go programs only and {info.path} is not one: "
+        raise UserError(f"--backend dlv traces Go programs only and {info.name} is not one: "
                         "use --backend gdb")
     if not info.has_dwarf:
-        raise UserError(f"Delve cannot trace {info.path}: it has no DWARF (built with "
+        raise UserError(f"Delve cannot trace {info.name}: it has no DWARF (built with "
                         "-ldflags=\"-s -w\" or stripped); use --backend gdb, which reads Go's "
                         "own function table")
     version = dlv_version(path)
@@ -141,9 +142,7 @@ def _attach_error(pid: int, log: str) -> UserError:
              and not line.startswith("API server listening")]
     message = lines[-1] if lines else "dlv exited"
     if "operation not permitted" in message.lower():
-        return UserError(
-            f"no permission to trace process {pid} (ptrace refused): run as root or as its user "
-            "with kernel.yama.ptrace_scope=0, or give the container CAP_SYS_PTRACE")
+        return ptrace_refused(pid)
     if "no such process" in message.lower():
         return UserError(f"process {pid} exited before the tracer could attach")
     if "could not open debug info" in message:

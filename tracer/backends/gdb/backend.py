@@ -20,7 +20,7 @@ from tracer.backends.gdb.mi import MIConnection, MIError, mi_quote
 from tracer.binary.model import BinaryInfo
 from tracer.errors import UserError
 from tracer.probes.plan import ENTRY, POLL, Plan
-from tracer.targets.process import file_bytes
+from tracer.targets.process import file_bytes, ptrace_refused
 
 HIT_HANDLER = Path(__file__).with_name("hit_handler.py")
 
@@ -69,10 +69,7 @@ def find_gdb() -> str:
 
 def _attach_error(pid: int, message: str) -> UserError:
     if "Operation not permitted" in message:
-        return UserError(
-            f"no permission to trace process {pid} (ptrace refused): run as root or as its user "
-            "with kernel.yama.ptrace_scope=0, or give the container CAP_SYS_PTRACE"
-        )
+        return ptrace_refused(pid)
     if "No such process" in message:
         return UserError(f"process {pid} exited before the tracer could attach")
     return UserError(f"gdb could not attach to process {pid}: {message}")
