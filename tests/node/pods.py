@@ -27,6 +27,9 @@ import pytest
 from helpers import TRACER, wait_until
 from kubernetes import client
 
+# A PID namespace of its own, and the tracer in it killed if unshare is (a test's timeout
+# kills unshare, whose child would otherwise live on as that namespace's init).
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 OPERATOR_USER = 65532  # distroless's nonroot, as real operators run
 TRUTH_IN_POD = "/truth"
 
@@ -90,7 +93,7 @@ class OutsideTracer:
     def __init__(self, args: list[str], cwd: Path, env: dict | None = None) -> None:
         self.stderr_path = cwd / "tracer.stderr"
         self.proc = self.unshare = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args], cwd=cwd,
+            [*UNSHARE, *TRACER, *args], cwd=cwd,
             stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "w"),
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         # unshare --fork ignores SIGINT itself: the signals go to the tracer, its child.

@@ -34,7 +34,7 @@ from realops.operators import (
 
 import tracer
 from node import pods
-from node.pods import TRUTH_IN_POD, OperatorPod, check_k8s_fields
+from node.pods import TRUTH_IN_POD, UNSHARE, OperatorPod, check_k8s_fields
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 outside = pods.outside  # the fixture
@@ -130,7 +130,7 @@ def operator(cluster, tmp_path):
 
 
 def run_outside(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *TRACER, *args],
+    return subprocess.run([*UNSHARE, *TRACER, *args],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
