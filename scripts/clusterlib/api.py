@@ -9,10 +9,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tracer.terminal import visible
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
+        # The API server's message carries names anyone with access chose: one line, inert.
+        super().__init__(f"{status}: {visible(message)}")
         self.status = status
 
 

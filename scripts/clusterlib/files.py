@@ -41,3 +41,13 @@ class Layout:
         self.state = self.root / "state.json"
         self.admin_kubeconfig = self.root / "admin.kubeconfig"
         self.pod_kubeconfig = self.root / "pod.kubeconfig"
+        # Written first by `up` (before anything else in DIR), kept by `down` with logs/ and
+        # .lock: what says that DIR is a cluster's, so `up` and `down` may remove what they made.
+        self.marker = self.root / ".tracer-cluster"
+
+    def made(self) -> list[Path]:
+        """What `up` makes in DIR and `down` removes, state.json last; nothing else in DIR is
+        ever removed (logs/, .lock and the marker stay)."""
+        return [self.pki, self.pids, self.etcd, self.containerd, self.root / "cni", self.kubelet,
+                self.pod_logs, self.images, self.admin_kubeconfig, self.pod_kubeconfig,
+                self.state]

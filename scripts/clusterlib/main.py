@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from tracer.terminal import visible
+
 from . import node, operator
 from .api import ApiError
 from .files import Layout
@@ -20,7 +22,7 @@ def default_dir() -> Path:
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit 2, as the project's commands do
-        print(f"cluster: {message}", file=sys.stderr)
+        print(f"cluster: {visible(message)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -71,32 +73,53 @@ def _locked(lay: Layout):
     return f
 
 
+def _say(text: object) -> None:
+    """One message on stderr; its text may come from outside (a pod's termination message, the
+    kubelet's events, the API server, a daemon's log): every control character made visible.
+    Lines stay lines (a daemon log's tail); a message from outside is one line already."""
+    print("cluster: " + "\n".join(visible(line) for line in str(text).split("\n")),
+          file=sys.stderr)
+
+
+def _stopped(lay: Layout) -> None:
+    for p in node.down(lay):
+        _say(f"down: {p}")
+
+
 def main(argv: list[str]) -> int:
     args = _parse(argv)
     lay = Layout(args.dir or default_dir())
     try:
         if args.command == "up":
+            # The machine first, then whether DIR may be used: DIR is not touched until both hold.
+            node.check_host()
+            node.check_dir(lay)
             with _locked(lay):
+                node.check_dir(lay)  # what another `up` may have made meanwhile is a cluster's
+                node.claim(lay)
                 if node.is_up(lay):
                     print(f"cluster: already up in {lay.root}", file=sys.stderr)
                     print(f"export KUBECONFIG={lay.admin_kubeconfig}")
                     return 0
                 if node.read_state(lay) is not None:  # a crashed or half-stopped cluster
-                    node.down(lay)
+                    _stopped(lay)
                 try:
                     seconds = node.up(lay)
                 except BaseException:
                     print("cluster: up failed; stopping what it started", file=sys.stderr)
-                    node.down(lay)
+                    _stopped(lay)
                     raise
             print(f"cluster: up in {seconds:.1f} s (node {node.NODE}, Kubernetes "
                   f"{node.KUBE_VERSION}, pids in {lay.pids})", file=sys.stderr)
             print(f"export KUBECONFIG={lay.admin_kubeconfig}")
         elif args.command == "down":
+            if not lay.root.exists():
+                return 0  # nothing was ever made there
+            node.check_dir(lay)
             with _locked(lay):
                 problems = node.down(lay)
             for p in problems:
-                print(f"cluster: down: {p}", file=sys.stderr)
+                _say(f"down: {p}")
             return 1 if problems else 0
         else:
             env = dict(e.split("=", 1) for e in args.env)
@@ -109,10 +132,10 @@ def main(argv: list[str]) -> int:
                               "containerID": cs.get("containerID"),
                               "podIP": pod["status"].get("podIP"),
                               "imageFiles": pod["imageFiles"]}))
-    except operator.BadInput as exc:
-        print(f"cluster: {exc}", file=sys.stderr)
+    except (operator.BadInput, node.NotACluster) as exc:
+        _say(exc)
         return 2
     except (node.ClusterError, operator.PodFailed, ApiError, OSError) as exc:
-        print(f"cluster: {exc}", file=sys.stderr)
+        _say(exc)
         return 1
     return 0

@@ -25,6 +25,7 @@ from . import procs
 from .api import Api, ApiError
 from .files import Layout, write_atomic
 from .pki import Pki, kubeconfig
+from .procs import ClusterError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path(os.environ.get("TRACER_CACHE", Path.home() / ".cache" / "tracer"))
@@ -38,8 +39,8 @@ DAEMONS = ("etcd", "kube-apiserver", "containerd", "kubelet")
 NAMESPACES_WITH_CA = ("default", "kube-system", "kube-public")
 
 
-class ClusterError(Exception):
-    """A step failed; the message says which and why (the daemon's last log lines)."""
+class NotACluster(ClusterError):
+    """Exit code 2: DIR holds things and no cluster; `up` and `down` leave it untouched."""
 
 
 def kube_binary(name: str) -> Path:
@@ -140,7 +141,10 @@ def _cni_config(lay: Layout, state: dict) -> None:
 
 def _hierarchies(v2: bool = False) -> list[Path]:
     """The cgroup v1 hierarchies the kubelet and runc make pod cgroups in, and with V2 the
-    hybrid layout's cgroup2 one (runc mirrors each container's cgroup there)."""
+    hybrid layout's cgroup2 one (runc mirrors each container's cgroup there). [] on a host
+    with cgroup v2 alone (/sys/fs/cgroup itself the cgroup2 mount): `up` refuses it."""
+    if not CGROUP_FS.is_dir():
+        return []
     return sorted(p for p in CGROUP_FS.iterdir()
                   if p.is_dir() and (v2 or p.name != "unified") and os.path.ismount(p))
 
@@ -159,7 +163,7 @@ def _make_cgroup_root(name: str) -> None:
 def _cgroup_processes(name: str) -> set[int]:
     """Every process in the cluster's cgroup subtree (the same set in each hierarchy)."""
     found: set[int] = set()
-    for h in _hierarchies(v2=True) if CGROUP_FS.is_dir() else ():
+    for h in _hierarchies(v2=True):
         for dirpath, _dirs, _files in os.walk(h / name):
             try:
                 found.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
@@ -178,7 +182,7 @@ def _remove_cgroup_root(name: str) -> list[str]:
         for pid in pids:
             procs.kill_pid(pid)
     left = []
-    for h in _hierarchies(v2=True) if CGROUP_FS.is_dir() else ():
+    for h in _hierarchies(v2=True):
         top = h / name
         if not top.is_dir():
             continue
@@ -431,9 +435,8 @@ def is_up(lay: Layout) -> bool:
     return read_state(lay) is not None and all(procs.running(lay.pids, d) for d in DAEMONS)
 
 
-def up(lay: Layout) -> float:
-    """Start the cluster; return the seconds it took. The caller holds the directory's lock."""
-    t0 = time.monotonic()
+def check_host() -> None:
+    """What `up` needs of this machine, checked before DIR is touched."""
     _need({"etcd": shutil.which("etcd"), "containerd": shutil.which("containerd"),
            "runc": shutil.which("runc"), "ctr": shutil.which("ctr"),
            "kube-apiserver": kube_binary("kube-apiserver"), "kubelet": kube_binary("kubelet"),
@@ -441,6 +444,41 @@ def up(lay: Layout) -> float:
            "CNI plugin loopback": CNI_BIN / "loopback"})
     if os.geteuid() != 0:
         raise ClusterError("the kubelet, containerd and the bridge need root: run as root")
+    if not _hierarchies():
+        raise ClusterError(f"no cgroup v1 hierarchy under {CGROUP_FS} (a cgroup v2-only host): "
+                           "this cluster's kubelet and down need cgroup v1 (docs/cluster.md)")
+
+
+def check_dir(lay: Layout) -> None:
+    """Refuse (NotACluster) a DIR that holds anything but a cluster's files: `up` and `down`
+    remove what `up` makes there, and nothing may be taken for that which is not."""
+    try:
+        entries = {e.name for e in lay.root.iterdir()}
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise NotACluster(f"{lay.root} is not a directory") from None
+    if lay.marker.name in entries or lay.state.name in entries:
+        return
+    # What `down` of a version that wrote no marker left: logs/ of the daemons and .lock.
+    logs = {e.name for e in lay.logs.iterdir()} if lay.logs.is_dir() else set()
+    if entries <= {".lock", lay.logs.name} and logs <= {f"{d}.log" for d in DAEMONS}:
+        return
+    raise NotACluster(f"{lay.root} is not empty and holds no cluster (no {lay.marker.name} or "
+                      f"{lay.state.name}): refusing to use it; give an empty or new --dir")
+
+
+def claim(lay: Layout) -> None:
+    """Mark DIR as this cluster's, before `up` makes anything in it (check_dir first)."""
+    if not lay.marker.exists():
+        write_atomic(lay.marker, "A one-node cluster of tracer's scripts/cluster (docs/cluster.md)"
+                     ": `scripts/cluster down` removes what `up` made here.\n")
+
+
+def up(lay: Layout) -> float:
+    """Start the cluster; return the seconds it took. The caller holds the directory's lock and
+    has run check_host, check_dir and claim."""
+    t0 = time.monotonic()
     pause = subprocess.run([str(ROOT / "scripts" / "build-pause-image")], capture_output=True,
                            text=True)
     if pause.returncode != 0:
@@ -524,19 +562,47 @@ def _containerd_leftovers(lay: Layout) -> None:
         subprocess.run(ctr(lay, "containers", "delete", c), capture_output=True)
 
 
-def shims(lay: Layout) -> list[int]:
-    """containerd-shim-runc-v2 processes serving this cluster's containerd (by its socket)."""
-    found = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and \
-                str(lay.socket).encode() in argv:
-            found.append(int(p.name))
+def _bundles(lay: Layout) -> list[Path]:
+    """The task bundles in this cluster's containerd state (one per container and sandbox)."""
+    tasks = lay.containerd / "state" / "io.containerd.runtime.v2.task"
+    return [b for ns in sorted(tasks.iterdir()) if ns.is_dir()
+            for b in sorted(ns.iterdir()) if b.is_dir()] if tasks.is_dir() else []
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def shims(lay: Layout) -> dict[int, int]:
+    """This cluster's containerd shims, {PID: start time}, from what containerd recorded under
+    DIR: a bundle's shim.pid where the shim writes one, else the parent of the task's process
+    (the bundle's init.pid: the shim is its parent and subreaper). A PID counts only while the
+    process's working directory is one of the bundles (the shim runs in its bundle), so a PID
+    since reused, or a task reparented elsewhere, is never taken for a shim."""
+    bundles = _bundles(lay)
+    found: dict[int, int] = {}
+    for b in bundles:
+        for pid in (_read_pid(b / "shim.pid"), _parent(_read_pid(b / "init.pid") or 0)):
+            if not pid or pid <= 1 or pid in found:
+                continue
+            started = procs.start_time(pid)
+            try:
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            except OSError:
+                continue
+            if started is not None and cwd in bundles:
+                found[pid] = started
     return found
 
 
@@ -545,24 +611,33 @@ def down(lay: Layout) -> list[str]:
     Safe on a directory `up` never finished, or one already down."""
     st = read_state(lay) or {}
     problems: list[str] = []
+
+    def stop(name: str, grace: float = 10.0) -> None:
+        try:
+            procs.stop(lay.pids, name, grace)
+        except ClusterError as exc:  # survived SIGKILL: said, and DIR is kept
+            problems.append(str(exc))
+
+    # The shims of the tasks there are now, found before anything stops them.
+    found = shims(lay)
     if st and procs.running(lay.pids, "kube-apiserver") and procs.running(lay.pids, "kubelet"):
         try:
             _delete_pods(admin_api(lay, st), st["node"])
         except (OSError, ApiError, ssl.SSLError) as exc:
             problems.append(f"deleting the pods: {exc}")
-    procs.stop(lay.pids, "kubelet", grace=15)
+    stop("kubelet", grace=15)
     if procs.running(lay.pids, "containerd"):
         _containerd_leftovers(lay)
-    procs.stop(lay.pids, "containerd")
-    for pid in shims(lay):  # a shim outlives containerd by design
-        procs.kill_pid(pid)
+    stop("containerd")
+    found.update(shims(lay))
+    for pid, started in found.items():  # a shim outlives containerd by design
+        procs.kill_pid(pid, started)
     for pid in _cgroup_processes(st["cgroup_root"]) if st.get("cgroup_root") else ():
         procs.kill_pid(pid)  # containers whose shim is gone (a crashed containerd, a killed shim)
-    procs.stop(lay.pids, "kube-apiserver")
-    procs.stop(lay.pids, "etcd")
-    for name, rec in procs.records(lay.pids).items():  # anything else recorded
-        procs.stop(lay.pids, name)
-        del rec
+    stop("kube-apiserver")
+    stop("etcd")
+    for name in procs.records(lay.pids):  # anything else recorded
+        stop(name)
 
     problems += [f"still mounted: {p}" for p in _unmount_all(lay.root)]
     if st.get("bridge"):
@@ -576,15 +651,29 @@ def down(lay: Layout) -> list[str]:
         problems += [f"cgroup not removed: {p}" for p in _remove_cgroup_root(st["cgroup_root"])]
     _remove_container_log_links(lay)
     if not problems:
-        # Everything but the logs (kept for a look after a failure; the next `up` appends).
-        for sub in lay.root.iterdir() if lay.root.is_dir() else ():
-            if sub.name in ("logs", ".lock"):
-                continue
-            if sub.is_dir() and not sub.is_symlink():
-                subprocess.run(["rm", "-rf", "--one-file-system", str(sub)], check=False)
-            else:
-                sub.unlink(missing_ok=True)
+        problems += _remove_made(lay)
     return problems
+
+
+def _remove_made(lay: Layout) -> list[str]:
+    """What `up` makes in DIR (Layout.made), and nothing else: the logs (kept for a look after
+    a failure; the next `up` appends), .lock, the marker and anything not `up`'s stay.
+    state.json goes last, once the rest has, so that the next `down` tries again."""
+    left = []
+    for path in lay.made():
+        if path == lay.state and left:
+            break
+        if path.is_dir() and not path.is_symlink():
+            rm = subprocess.run(["rm", "-rf", "--one-file-system", str(path)],
+                                capture_output=True, text=True)
+            if rm.returncode != 0 or path.exists():
+                left.append(f"not removed: {path}: {rm.stderr.strip()}")
+        else:
+            path.unlink(missing_ok=True)
+        # write_atomic's temporary files beside it, if a crash left one.
+        for tmp in path.parent.glob(f".{path.name}.*") if path.parent == lay.root else ():
+            tmp.unlink(missing_ok=True)
+    return left
 
 
 def _remove_container_log_links(lay: Layout) -> None:

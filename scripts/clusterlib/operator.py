@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tracer.terminal import visible
+
 from . import node
 from .api import Api, ApiError
 from .files import Layout
@@ -184,13 +186,15 @@ def _container_problem(pod: dict) -> str | None:
         state = cs.get("state", {})
         exited = state.get("terminated") or cs.get("lastState", {}).get("terminated")
         if exited:
-            message = (exited.get("message") or "").strip().replace("\n", " ")
-            return (f"container {cs['name']} exited ({exited.get('reason', '')}, exit code "
-                    f"{exited.get('exitCode')})" + (f": {message}" if message else ""))
+            # The termination message is the operator's own text: one line, inert.
+            message = visible((exited.get("message") or "").strip())
+            return (f"container {visible(cs['name'])} exited "
+                    f"({visible(exited.get('reason', ''))}, exit code "
+                    f"{visible(exited.get('exitCode'))})" + (f": {message}" if message else ""))
         waiting = state.get("waiting")
         if waiting and waiting.get("reason") in FATAL_WAITING:
-            message = (waiting.get("message") or "").strip().replace("\n", " ")
-            return f"container {cs['name']}: {waiting['reason']}: {message}"
+            message = visible((waiting.get("message") or "").strip())
+            return f"container {visible(cs['name'])}: {waiting['reason']}: {message}"
     return None
 
 
@@ -208,7 +212,7 @@ def _event_problem(api: Api, namespace: str, pod: dict) -> str | None:
     for e in events:
         need = FATAL_EVENTS.get(e.get("reason", ""))
         if need and e.get("type") == "Warning" and (e.get("count") or 1) >= need:
-            return f"{e['reason']}: {e.get('message', '').strip()}"
+            return f"{e['reason']}: {visible((e.get('message') or '').strip())}"
     return None
 
 

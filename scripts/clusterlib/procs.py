@@ -16,6 +16,10 @@ from pathlib import Path
 from .files import write_atomic
 
 
+class ClusterError(Exception):
+    """A step failed; the message says which and why (the daemon's last log lines)."""
+
+
 def start_time(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -84,7 +88,7 @@ def stop(pids: Path, name: str, grace: float = 10.0) -> None:
             _reap(pid)
             time.sleep(0.05)
     if alive(pid, started):
-        raise RuntimeError(f"{name} (PID {pid}) survived SIGKILL")
+        raise ClusterError(f"{name} (PID {pid}) survived SIGKILL")
     record.unlink(missing_ok=True)
 
 
@@ -96,9 +100,14 @@ def _reap(pid: int) -> None:
         pass
 
 
-def kill_pid(pid: int) -> None:
-    """SIGKILL one process found by `down` (a containerd shim of this cluster), and wait."""
-    started = start_time(pid)
+def kill_pid(pid: int, started: int | None = None) -> None:
+    """SIGKILL one process `down` knows by its PID (a containerd shim from containerd's state
+    under DIR, a process in the cluster's cgroups), and wait. With STARTED (its start time when
+    it was found), a PID the kernel has since given to another process is left alone."""
+    now = start_time(pid)
+    if now is None or (started is not None and now != started):
+        return
+    started = now
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -15,7 +15,7 @@ from kube.objects import read_jsonl
 from kubernetes import client
 from realops.operators import CR_BUILDS, GROUP, PLURAL, VERSION, install_crd
 
-from .cluster import down, up
+from .cluster import ROOT, SCRIPT, down, up
 
 OPERATOR_USER = 65532  # distroless's nonroot, as real operators run
 ARGS = ["--ground-truth", "/truth/truth.jsonl", "--leader-elect=false"]
@@ -130,6 +130,8 @@ def test_down_leaves_nothing(tmp_path_factory, tmp_path):
                                       check=True).stdout)
     assert state["bridge"] not in {link["ifname"] for link in links}
     assert not [h for h in Path("/sys/fs/cgroup").iterdir() if (h / state["cgroup_root"]).exists()]
+    # What up made is gone; the logs, the lock and the marker stay (the next up may use DIR).
+    assert {p.name for p in directory.iterdir()} == {"logs", ".lock", ".tracer-cluster"}
     assert down(directory).returncode == 0
 
 
@@ -151,3 +153,82 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _tree(directory: Path) -> dict[str, str | None]:
+    """Every path under DIRECTORY with a file's content (None for a directory)."""
+    return {str(p.relative_to(directory)): None if p.is_dir() else p.read_text()
+            for p in sorted(directory.rglob("*"))}
+
+
+def _script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_up_and_down_refuse_a_directory_that_is_not_a_clusters(tmp_path):
+    """No marker, no state.json, and something in it: neither `up` nor `down` touches it, even
+    what has the name of something `up` makes (pki/)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not the cluster's\n")
+    (mine / "pki").mkdir()
+    (mine / "pki" / "ca.key").write_text("someone else's key\n")
+    before = _tree(mine)
+    for command in ("up", "down"):
+        run = _script(command, "--dir", str(mine))
+        assert run.returncode == 2, (command, run)
+        assert run.stderr.count("\n") == 1 and "holds no cluster" in run.stderr, run.stderr
+        assert run.stdout == ""
+        assert _tree(mine) == before, command
+    # `down` of a directory that does not exist makes nothing.
+    assert _script("down", "--dir", str(tmp_path / "absent")).returncode == 0
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_failed_up_removes_only_what_up_made(tmp_path, monkeypatch):
+    """In a cluster's directory (its marker) with a file of someone else's: an `up` refused by
+    a missing prerequisite touches nothing; an `up` that fails after making things removes
+    those (Layout.made) and leaves the rest."""
+    d = tmp_path / "cluster"
+    d.mkdir()
+    (d / ".tracer-cluster").write_text("marker\n")
+    (d / "mine.txt").write_text("keep me\n")
+    before = _tree(d)
+    run = _script("up", "--dir", str(d), env={"TRACER_KUBERNETES_VERSION": "0.0.0-none"})
+    assert run.returncode == 1, run
+    assert run.stderr.count("\n") == 1 and "missing kube-apiserver" in run.stderr, run.stderr
+    assert _tree(d) == before  # checked before DIR is touched: not even .lock
+
+    # A failure past the checks (in-process, no cluster needed): `up` made pki/, etcd/,
+    # state.json and a log, then failed; the `down` it runs removes those and nothing else.
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from clusterlib import main as cluster_main
+    from clusterlib import node
+
+    def failing_up(lay) -> float:
+        for sub in (lay.pki, lay.etcd / "member", lay.logs):
+            sub.mkdir(parents=True)
+        (lay.pki / "ca.key").write_text("the cluster's\n")
+        (lay.logs / "etcd.log").write_text("a log\n")
+        lay.state.write_text("{}\n")
+        raise node.ClusterError("etcd exited before etcd healthy")
+
+    monkeypatch.setattr(node, "check_host", lambda: None)
+    monkeypatch.setattr(node, "up", failing_up)
+    assert cluster_main.main(["up", "--dir", str(d)]) == 1
+    assert _tree(d) == {**before, ".lock": "", "logs": None, "logs/etcd.log": "a log\n"}
+
+
+def test_outside_text_reaches_the_terminal_inert(tmp_path, monkeypatch):
+    """A termination message, an event's and the API server's: no escape sequence, one line."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from clusterlib import operator
+    from clusterlib.api import ApiError
+
+    evil = "\x1b]0;owned\x07\x1b[2J\nforged line\r\u202e"
+    pod = {"status": {"containerStatuses": [{"name": "operator", "state": {"terminated": {
+        "reason": "Error", "exitCode": 1, "message": evil}}}]}}
+    for text in (operator._container_problem(pod), str(ApiError(422, evil))):
+        assert text and not any(c in text for c in "\x1b\x07\n\r\u202e"), text
+        assert "forged line" in text
