@@ -25,13 +25,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydemumble import demangle
-
 from .analyze import read_function_code
 from .disasm import iter_instructions
 from .elfimage import ElfImage
 from .model import BinaryInfo, Function
-from .vtables import _slots
+from .rustnames import demangled
+from .vtables import code_slots
 
 UNRESUMED, RETURNED, PANICKED, FIRST_SUSPENDED = 0, 1, 2, 3
 RESUMED_AFTER_RETURN = "core::panicking::panic_const::panic_const_async_fn_resumed"
@@ -62,13 +61,6 @@ class BodyState:
                 f"to the body's drop glue, which reads +{self.glue_offset:#x}; read at each "
                 f"poll and at the drop: 1 completed, 2 panicked, 0 and {suspended} not "
                 "completed, as the code was checked to use them")
-
-
-def demangled(name: str) -> str:
-    """Rust symbols (legacy `_ZN..17h<hash>E` and v0 `_R..`) as Rust writes them, hash-free."""
-    if name.startswith(("_ZN", "_R")):
-        return demangle(name)
-    return name
 
 
 _REG64 = {}
@@ -169,7 +161,7 @@ def _call_target(info: BinaryInfo, addr: int, size: int, ops: str) -> int | None
     if not m:
         return None
     slot = addr + size + (int(m.group(2), 16) * (-1 if m.group(1) == "-" else 1))
-    return _slots(info.path).get(slot)
+    return code_slots(info.path).get(slot)
 
 
 def _name_at(info: BinaryInfo, addr: int | None) -> str | None:

@@ -20,7 +20,7 @@ VTABLE_SECTIONS = (".data.rel.ro", ".data.rel.ro.local", ".rodata")
 
 
 @lru_cache(maxsize=8)
-def _slots(path: str) -> dict[int, int]:
+def code_slots(path: str) -> dict[int, int]:
     """Every pointer-sized slot holding a code address: {slot address: value}."""
     slots: dict[int, int] = {}
     with open(path, "rb") as f:
@@ -45,7 +45,7 @@ def _slots(path: str) -> dict[int, int]:
 def vtable_methods(info: BinaryInfo, drop: int, index: int) -> list[int]:
     """The functions in slot `index` of every vtable whose slot 0 is `drop` (identical drops
     are folded, so one drop can head the vtables of several types and traits)."""
-    slots = _slots(info.path)
+    slots = code_slots(info.path)
     found = []
     for at, value in slots.items():
         if value == drop:

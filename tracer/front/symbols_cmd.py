@@ -39,7 +39,7 @@ def symbols(target: str, regex: str | None) -> None:
     demangle = None
     if info.language == "rust":
         # As Rust writes them (and as rust-async probes match them), not mangled.
-        from tracer.probes.rust_async import demangled as demangle
+        from tracer.binary.rustnames import demangled as demangle
     for fn in functions:
         name = demangle(fn.name) if demangle else fn.name
         mark = "*" if {fn.name, name} & reconciles else "+" if {fn.name, name} & others else " "

@@ -90,7 +90,7 @@ def function_names(info: BinaryInfo) -> list[tuple[Function, tuple[str, ...]]]:
     cached = info.__dict__.get("_probe_names")
     if cached is None:
         if info.language == "rust":
-            from tracer.probes.rust_async import demangled
+            from tracer.binary.rustnames import demangled
 
             cached = [(fn, (fn.name, d) if (d := demangled(fn.name)) != fn.name
                        else (fn.name,)) for fn in info.functions]

@@ -28,9 +28,10 @@ from __future__ import annotations
 import re
 
 from tracer.binary.analyze import read_function_code
-from tracer.binary.async_state import BodyState, body_state, demangled
+from tracer.binary.async_state import BodyState, body_state
 from tracer.binary.disasm import iter_instructions, native_entry, return_addresses
 from tracer.binary.model import BinaryInfo, Function
+from tracer.binary.rustnames import demangled
 from tracer.binary.vtables import vtable_methods
 from tracer.errors import UserError
 from tracer.probes.decoders import RUST_DROP
