@@ -56,6 +56,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import wait_until  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from node.pods import OutsideTracer  # noqa: E402
 from realops.operators import CR_BUILDS, GROUP, PLURAL, VERSION, install_crd  # noqa: E402
@@ -83,16 +84,6 @@ def run(argv: list[str], timeout: float = 600) -> tuple[float, subprocess.Comple
         raise RuntimeError(f"{' '.join(map(str, argv[:3]))} failed (exit {done.returncode}): "
                            f"{done.stderr.strip()[-2000:]}")
     return seconds, done
-
-
-def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
 
 
 # --- the agent image ------------------------------------------------------------------------

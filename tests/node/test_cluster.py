@@ -15,6 +15,8 @@ from kube.objects import read_jsonl
 from kubernetes import client
 from realops.operators import CR_BUILDS, GROUP, PLURAL, VERSION, install_crd
 
+from node.pods import container_pid
+
 from .cluster import ROOT, SCRIPT, down, up
 
 OPERATOR_USER = 65532  # distroless's nonroot, as real operators run
@@ -26,19 +28,6 @@ def truth_dir(tmp_path: Path) -> Path:
     d.mkdir()
     os.chown(d, OPERATOR_USER, OPERATOR_USER)  # the operator writes its ground truth there
     return d
-
-
-def container_pid(cluster, container_id: str) -> int:
-    """The container's process on the host, as containerd knows it."""
-    sock = cluster.dir / "containerd" / "containerd.sock"
-    out = subprocess.run(["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
-                         capture_output=True, text=True, check=True).stdout
-    cid = container_id.removeprefix("containerd://")
-    for line in out.splitlines()[1:]:
-        task, pid, _status = line.split()
-        if task == cid:
-            return int(pid)
-    raise AssertionError(f"no task {cid} in containerd: {out}")
 
 
 def uid_of(pid: int) -> int:
