@@ -28,6 +28,16 @@ PARKED_EXEC = (
 )
 
 
+def _dead(backend: Backend, wait_s: float = 2.0) -> bool:
+    """Whether the debugger is gone (given a moment to be reaped)."""
+    deadline = time.monotonic() + wait_s
+    while backend.alive():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -243,12 +253,15 @@ class Session:
         removed = 0
         altered: list[int] | None = None
         pid = bias = None
+        self._armed_in: tuple[int, int] | None = None
         try:
             pid, bias = self._attach(backend)
             reason = self._watch(backend)
             reason, removed, altered = self._leave_cleanly(backend, reason, pid, bias)
         finally:
             self._leave(backend, self._reader)
+            if pid is None and self._armed_in is not None:
+                pid, bias = self._armed_in  # the attach failed after the arming
             if pid is not None and bias is not None and altered is None \
                     and reason not in ("target-exited", "target-exec") and _alive(pid):
                 # No detach was confirmed (an exception, a stop that never came): the debugger has
@@ -288,6 +301,8 @@ class Session:
         armed = backend.arm(self.plan, bias)
         if late:
             bias = load_bias(pid, self.info.path, self.info.pie)
+        # Breakpoints are in: from here on, whatever fails, their bytes must be checked.
+        self._armed_in = (pid, bias)
         # The file is created only once the operator is traced: bad input leaves none.
         self.writer = TraceWriter(self.output, on_error=self._write_failed)
         # The header goes first: hits wait in the pipe until the reader starts after it.
@@ -301,7 +316,14 @@ class Session:
                                         args=(backend.hits_fd, self.pairer),
                                         name="tracer-hits", daemon=True)
         self._reader.start()
-        backend.resume()
+        try:
+            backend.resume()
+        except Exception:
+            # The debugger died between the arming and the resume (killed, crashed): the
+            # reader repairs the code as the hits' pipe ends, and the watch says so at once.
+            if not _dead(backend):
+                raise
+            return pid, bias
         self.on_status(
             f"tracing {len(self.plan.functions)} function(s) in PID {pid} "
             f"({armed} breakpoints, operator stopped {pause_ms:.1f} ms to attach); "
