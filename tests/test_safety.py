@@ -96,6 +96,18 @@ def test_operator_exit_ends_the_run(operator, tracer_cmd, tmp_path):
     assert sum(1 for r in records if r["type"] == "span") == op.done()["calls"]
 
 
+def repaired_then_working(op, trace) -> None:
+    """gdb died attached: the trace ends saying so with the code restored, and the operator,
+    set to work, runs into no breakpoint byte."""
+    end = read_lines(trace)[-1]
+    assert end["type"] == "end" and end["reason"] == "debugger-died"
+    assert end["code_restored"] is True
+    op.start_work()
+    time.sleep(1)
+    assert_untouched(op)
+    assert calls_per_second(op, 2.0) > 50
+
+
 def test_gdb_killed_is_reported_and_repaired(operator, tracer_cmd, tmp_path):
     """gdb dying attached leaves int3 bytes behind. The tracer notices at once, writes the
     file's bytes back and closes the trace. The operator is parked while gdb dies (a thread
@@ -108,13 +120,7 @@ def test_gdb_killed_is_reported_and_repaired(operator, tracer_cmd, tmp_path):
     os.kill(tracer_pid(op.pid), signal.SIGKILL)
     assert run.wait(30) == 1
     assert "gdb died while attached; the operator's code was repaired" in run.stderr()
-    end = read_lines(trace)[-1]
-    assert end["type"] == "end" and end["reason"] == "debugger-died"
-    assert end["code_restored"] is True
-    op.start_work()
-    time.sleep(1)
-    assert_untouched(op)
-    assert calls_per_second(op, 2.0) > 50
+    repaired_then_working(op, trace)
 
 
 def test_gdb_dying_at_the_resume_is_repaired(operator, monkeypatch, tmp_path):
@@ -146,10 +152,4 @@ def test_gdb_dying_at_the_resume_is_repaired(operator, monkeypatch, tmp_path):
     outcome = session.run()
     assert outcome.reason == "debugger-died" and outcome.code_restored is True
     assert "warning: gdb died while attached; the operator's code was repaired" in said
-    end = read_lines(trace)[-1]
-    assert end["type"] == "end" and end["reason"] == "debugger-died"
-    assert end["code_restored"] is True
-    op.start_work()
-    time.sleep(1)
-    assert_untouched(op)
-    assert calls_per_second(op, 2.0) > 50
+    repaired_then_working(op, trace)

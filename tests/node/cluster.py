@@ -22,6 +22,7 @@ The fixture `node_cluster` (session scope, tests/node/conftest.py) is a NodeClus
   import_image(archive)   an OCI archive (scripts/oci-image) into the node's containerd
   import_agent_image() -> str  the agent image (scripts/build-agent-image, cached once per
                  tracer version) imported into the node's containerd, once; its reference
+  user_kubeconfig(user, path) -> Path   a kubeconfig for another user (no groups)
   pids() -> dict[str, int]  the daemons `up` recorded (etcd, kube-apiserver, containerd, kubelet)
 
 If the cluster cannot start on this machine, the fixture FAILS with `up`'s error (never skips).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ from kubernetes import client, config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "scripts" / "cluster"
+# The cluster's own modules (scripts/clusterlib), for what the tests make as `up` does.
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @dataclass
@@ -81,6 +85,15 @@ class NodeCluster:
     @property
     def ca_key(self) -> Path:
         return self.dir / "pki" / "ca.key"
+
+    def user_kubeconfig(self, user: str, path: Path) -> Path:
+        """A kubeconfig at PATH for USER (no groups): a client certificate from the cluster's
+        CA, made as `up` makes its own (scripts/clusterlib/pki.py)."""
+        from clusterlib.pki import Pki, kubeconfig
+
+        crt, key = Pki(self.ca_cert.parent).issue(f"user-{user}", user)
+        kubeconfig(path, self.server, self.ca_cert, crt, key, user)
+        return path
 
     def pids(self) -> dict[str, int]:
         return {f.stem: json.loads(f.read_text())["pid"]

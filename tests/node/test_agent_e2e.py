@@ -76,43 +76,6 @@ def namespace(cluster, name: str, labels: dict | None = None) -> str:
     return name
 
 
-def user_kubeconfig(cluster, user: str, path: Path) -> Path:
-    """A kubeconfig for USER (no groups): a client certificate from the cluster's CA."""
-    import datetime
-
-    import yaml
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca = x509.load_pem_x509_certificate(cluster.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(cluster.ca_key.read_bytes(), None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=2))
-            .sign(ca_key, hashes.SHA256()))
-    for name, data in ((f"{user}.crt", cert.public_bytes(serialization.Encoding.PEM)),
-                       (f"{user}.key", key.private_bytes(
-                           serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                           serialization.NoEncryption()))):
-        (path.parent / name).write_bytes(data)
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": user,
-        "clusters": [{"name": "node", "cluster": {
-            "server": cluster.server, "certificate-authority": str(cluster.ca_cert)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate": str(path.parent / f"{user}.crt"),
-            "client-key": str(path.parent / f"{user}.key")}}],
-        "contexts": [{"name": user, "context": {"cluster": "node", "user": user}}]}))
-    return path
-
-
 @pytest.fixture
 def operator(cluster, tmp_path):
     """start(name, namespace="default") -> PodOperator watching only its namespace; its pod
@@ -300,7 +263,7 @@ def test_rbac_manifest_is_enough_and_its_absence_is_named(cluster, operator, out
             rbac.create_cluster_role(doc)
     namespace(cluster, "team")
     op = operator("cr-rbac", "team")
-    alice = user_kubeconfig(cluster, "alice", tmp_path / "alice.kubeconfig")
+    alice = cluster.user_kubeconfig("alice", tmp_path / "alice.kubeconfig")
 
     def bind(role: str) -> None:
         rbac.create_namespaced_role_binding("team", {

@@ -39,13 +39,20 @@ BACKENDS = ["gdb", pytest.param("uprobe", marks=pytest.mark.skipif(
     os.geteuid() != 0, reason="kernel uprobes need root"))]
 
 
-def traced_workload(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path,
-                    backend="gdb"):
+def attached(build, backend, rust_operator, rust_namespace, tracer_cmd, tmp_path):
+    """A fresh operator of BUILD, traced by BACKEND into tmp_path/trace.jsonl (every reconcile
+    wanted: no pause budget): (operator, trace, run, header)."""
     op = rust_operator(build, rust_namespace)
     trace = tmp_path / "trace.jsonl"
     run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
                      "--max-stopped", "off", "--backend", backend)
-    header = wait_for_header(trace, run)
+    return op, trace, run, wait_for_header(trace, run)
+
+
+def traced_workload(build, rust_operator, rust_namespace, rust_cluster, tracer_cmd, tmp_path,
+                    backend="gdb"):
+    op, trace, run, header = attached(build, backend, rust_operator, rust_namespace, tracer_cmd,
+                                      tmp_path)
     opened = time.monotonic_ns()
     widgets = default_widgets()
     drive(rust_cluster.api_client, rust_namespace, widgets)
@@ -162,11 +169,8 @@ def test_aborted_reconciles(build, backend, rust_operator, rust_namespace, rust_
     completed (release: the wrapper's state read at its drop or after its poll) or ok/error
     (debug: DWARF)."""
     api = rust_cluster.api_client
-    op = rust_operator(build, rust_namespace)
-    trace = tmp_path / "trace.jsonl"
-    run = tracer_cmd("attach", str(op.pid), "--output", str(trace), "--quiet",
-                     "--max-stopped", "off", "--backend", backend)
-    header = wait_for_header(trace, run)
+    op, trace, run, header = attached(build, backend, rust_operator, rust_namespace, tracer_cmd,
+                                      tmp_path)
     opened = time.monotonic_ns()
     slow = [Widget(f"a{i}-slow", delay_ms=SLOW_MS) for i in range(3)]
     quick = [Widget("a-ok"), Widget("a-quick", delay_ms=0), Widget("a-fail", fail="quota")]
